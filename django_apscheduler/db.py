@@ -1,0 +1,87 @@
+"""Surviving lost database connections: reconnect and retry where that is safe.
+
+A scheduler thread keeps one connection for days. The server may drop it at
+any time (a restart, an idle timeout, MySQL's "server has gone away", an
+operator's ``pg_terminate_backend``), and SQLite may answer "database is
+locked" under load. Every database operation of this app goes through
+:func:`run_resiliently`, which closes the broken connection and runs the
+operation again on a fresh one, with a growing pause between attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, TypeVar
+
+from django.db import DatabaseError, connections
+
+from django_apscheduler import backends, conf
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_FIRST_PAUSE = 0.05
+_LONGEST_PAUSE = 2.0
+
+
+def run_resiliently(
+    operation: Callable[[], T],
+    *,
+    using: str,
+    description: str,
+    keep_trying: Callable[[], bool] | None = None,
+    timeout: float | None = None,
+) -> T:
+    """Run ``operation`` and return its result, retrying after retryable database errors.
+
+    ``operation`` must be safe to run again after a failure: it runs in its own
+    transaction (or is a single statement), so a failed attempt left nothing
+    behind, or it checks for the effect of an earlier attempt itself.
+
+    Retries stop after ``timeout`` seconds (default: the
+    ``APSCHEDULER_DB_RETRY_TIMEOUT`` setting), unless ``keep_trying`` is given
+    and returns True: the scheduler's own loop uses it to keep trying for as
+    long as the scheduler runs. Errors that a retry cannot fix (bad SQL, a
+    missing table, a constraint violation), and any error inside an enclosing
+    transaction, propagate at once.
+    """
+    backend = backends.for_alias(using)
+    limit = conf.get("APSCHEDULER_DB_RETRY_TIMEOUT") if timeout is None else timeout
+    started = time.monotonic()
+    pause = _FIRST_PAUSE
+    attempt = 0
+    while True:
+        try:
+            return operation()
+        except DatabaseError as exc:
+            connection = connections[using]
+            if connection.in_atomic_block or not backend.is_retryable(exc):
+                raise
+            attempt += 1
+            # The connection may be dead or in an unknown state: start afresh.
+            try:
+                connection.close()
+            except DatabaseError:
+                pass
+            elapsed = time.monotonic() - started
+            patient = keep_trying is not None and keep_trying()
+            if not patient and elapsed >= limit:
+                logger.error(
+                    "Database error while trying to %s; gave up after %d attempts in %.1f s: %s",
+                    description,
+                    attempt,
+                    elapsed,
+                    exc,
+                )
+                raise
+            log = logger.warning if attempt == 1 or attempt % 20 == 0 else logger.debug
+            log(
+                "Database error while trying to %s (attempt %d): %s. Reconnecting and retrying.",
+                description,
+                attempt,
+                exc,
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)

@@ -1,0 +1,486 @@
+"""Recording job runs in ``DjangoJobExecution``: one row per (job, run time).
+
+APScheduler reports a run through events that may arrive out of order (an
+error can be reported before the submission). Each event becomes a
+:class:`Record`; records for the same (job, run time) are merged with one
+rule: a final status (Executed, Error!, Missed!, Max instances!) replaces
+"Started execution", never the other way round.
+
+Listeners never write in the scheduler's thread: they hand records to a
+per-process :class:`ExecutionRecorder`, whose own thread writes them in
+batches, reconnecting after lost connections. ``write_now`` writes
+synchronously for callers that need the row at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable, Iterable
+
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
+from django.db import close_old_connections, connections, router
+
+from django_apscheduler import backends, db, util
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
+
+logger = logging.getLogger(__name__)
+
+#: The events a store records.
+EVENT_MASK = (
+    EVENT_JOB_SUBMITTED
+    | EVENT_JOB_MAX_INSTANCES
+    | EVENT_JOB_EXECUTED
+    | EVENT_JOB_ERROR
+    | EVENT_JOB_MISSED
+)
+
+EXCEPTION_MAX_LENGTH = DjangoJobExecution._meta.get_field("exception").max_length or 1000
+_ELLIPSIS = "..."
+
+#: Records per database transaction in the recorder's thread.
+BATCH_SIZE = 500
+
+
+def now_epoch() -> float:
+    """The current time as a POSIX timestamp, the unit of ``finished``."""
+    return time.time()
+
+
+def _truncate(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - len(_ELLIPSIS)] + _ELLIPSIS
+
+
+@dataclass
+class Record:
+    """What one event says about the run of ``job_id`` at ``run_time``."""
+
+    job_id: str
+    run_time: datetime
+    status: str
+    exception: str | None = None
+    traceback: str | None = None
+    started: float | None = None  # POSIX time the job function was entered
+    finished: float | None = None  # POSIX time the run ended
+    key: tuple[str, datetime] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_time = util.get_django_internal_datetime(self.run_time)  # type: ignore[assignment]
+        self.exception = _truncate(self.exception, EXCEPTION_MAX_LENGTH)
+        self.key = (self.job_id, self.run_time)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status != DjangoJobExecution.SENT
+
+    def duration(self) -> Decimal | None:
+        """Seconds from the start of the run (or its scheduled time) to its end."""
+        if self.finished is None or self.status in (
+            DjangoJobExecution.MISSED,
+            DjangoJobExecution.MAX_INSTANCES,
+        ):
+            return None
+        start = self.started if self.started is not None else self.run_time.timestamp()
+        return _decimal(max(self.finished - start, 0.0))
+
+    def merge(self, later: Record) -> Record:
+        """Combine this record with a ``later`` one for the same run."""
+        if not later.is_final:
+            return self
+        if self.is_final and not later.exception and not later.traceback:
+            later.exception = later.exception or self.exception
+            later.traceback = later.traceback or self.traceback
+        if later.started is None:
+            later.started = self.started
+        return later
+
+    def apply(self, row: DjangoJobExecution) -> bool:
+        """Write this record into ``row``; return False if the row stays as it was."""
+        if not self.is_final:
+            return False
+        row.status = self.status
+        row.finished = None if self.finished is None else _decimal(self.finished)
+        row.duration = self.duration()
+        if self.exception:
+            row.exception = self.exception
+        if self.traceback:
+            row.traceback = self.traceback
+        return True
+
+    def new_row(self) -> DjangoJobExecution:
+        row = DjangoJobExecution(job_id=self.job_id, run_time=self.run_time, status=self.status)
+        self.apply(row)
+        return row
+
+
+def _decimal(value: float) -> Decimal:
+    return Decimal(f"{value:.2f}")
+
+
+def _merge_all(records: Iterable[Record]) -> dict[tuple[str, datetime], Record]:
+    merged: dict[tuple[str, datetime], Record] = {}
+    for record in records:
+        earlier = merged.get(record.key)
+        merged[record.key] = record if earlier is None else earlier.merge(record)
+    return merged
+
+
+def _write(
+    records: dict[tuple[str, datetime], Record], using: str
+) -> dict[tuple[str, datetime], int]:
+    """Write merged records in one transaction; return the execution id of each key written."""
+    job_ids = {job_id for job_id, _ in records}
+    with backends.for_alias(using).write_transaction(using):
+        alive = set(
+            DjangoJob.objects.using(using).filter(id__in=job_ids).values_list("id", flat=True)
+        )
+        wanted = {key: rec for key, rec in records.items() if key[0] in alive}
+        for key in records.keys() - wanted.keys():
+            logger.debug("Job %r no longer exists; not logging its run at %s", key[0], key[1])
+        if not wanted:
+            return {}
+
+        def fetch() -> dict[tuple[str, datetime], DjangoJobExecution]:
+            rows = (
+                DjangoJobExecution.objects.using(using)
+                .select_for_update()
+                .filter(
+                    job_id__in={k[0] for k in wanted},
+                    run_time__in={k[1] for k in wanted},
+                )
+            )
+            return {(r.job_id, r.run_time): r for r in rows if (r.job_id, r.run_time) in wanted}
+
+        existing = fetch()
+        changed = [row for key, row in existing.items() if wanted[key].apply(row)]
+        missing = wanted.keys() - existing.keys()
+        if missing:
+            # ignore_conflicts: another process may insert the same run meanwhile;
+            # such a row is then merged with ours like any existing row.
+            DjangoJobExecution.objects.using(using).bulk_create(
+                [wanted[key].new_row() for key in missing], ignore_conflicts=True
+            )
+            inserted = fetch()
+            for key in missing:
+                row = inserted.get(key)
+                if row is not None and row.status != wanted[key].status and wanted[key].apply(row):
+                    changed.append(row)
+                if row is not None:
+                    existing[key] = row
+        if changed:
+            DjangoJobExecution.objects.using(using).bulk_update(
+                changed, ["status", "finished", "duration", "exception", "traceback"]
+            )
+        return {key: row.id for key, row in existing.items()}
+
+
+def write_now(records: Iterable[Record]) -> dict[tuple[str, datetime], int]:
+    """Write ``records`` synchronously and return the execution id per (job id, run time).
+
+    Runs for jobs that no longer exist are skipped (they have no id in the
+    result). Lost connections are retried as :func:`db.run_resiliently` does.
+    """
+    merged = _merge_all(records)
+    if not merged:
+        return {}
+    using = router.db_for_write(DjangoJobExecution)
+    return db.run_resiliently(
+        lambda: _write(merged, using), using=using, description="record job executions"
+    )
+
+
+def records_from_event(event: Any, started: float | None = None) -> list[Record]:
+    """Translate an APScheduler job event into records, with 0.7.0's status texts."""
+    code = event.code
+    if code in (EVENT_JOB_SUBMITTED, EVENT_JOB_MAX_INSTANCES):
+        if code == EVENT_JOB_SUBMITTED:
+            return [
+                Record(event.job_id, rt, DjangoJobExecution.SENT)
+                for rt in event.scheduled_run_times
+            ]
+        text = (
+            f"Execution of job '{event.job_id}' skipped: maximum number of running "
+            "instances reached!"
+        )
+        finished = now_epoch()
+        return [
+            Record(
+                event.job_id,
+                rt,
+                DjangoJobExecution.MAX_INSTANCES,
+                exception=text,
+                finished=finished,
+            )
+            for rt in event.scheduled_run_times
+        ]
+    finished = now_epoch()
+    if code == EVENT_JOB_EXECUTED:
+        return [
+            Record(
+                event.job_id,
+                event.scheduled_run_time,
+                DjangoJobExecution.SUCCESS,
+                started=started,
+                finished=finished,
+            )
+        ]
+    if code == EVENT_JOB_ERROR:
+        exception = (
+            str(event.exception)
+            if event.exception is not None
+            else f"Job '{event.job_id}' raised an error!"
+        )
+        return [
+            Record(
+                event.job_id,
+                event.scheduled_run_time,
+                DjangoJobExecution.ERROR,
+                exception=exception,
+                traceback=str(event.traceback) if event.traceback else None,
+                started=started,
+                finished=finished,
+            )
+        ]
+    if code == EVENT_JOB_MISSED:
+        return [
+            Record(
+                event.job_id,
+                event.scheduled_run_time,
+                DjangoJobExecution.MISSED,
+                exception=f"Run time of job '{event.job_id}' was missed!",
+                finished=finished,
+            )
+        ]
+    raise NotImplementedError(f"Unexpected event code {code!r} for job {event.job_id!r}")
+
+
+# --- When did a run really start? ------------------------------------------------
+#
+# APScheduler's events carry the scheduled run time but not the moment the job
+# function was entered (a run may wait in the executor's queue). Jobs handed to
+# an executor by DjangoJobStore.get_due_jobs run through ``instrument``'s
+# wrapper, which notes that moment; the listener then picks it up.
+
+_STARTS_LIMIT = 10_000
+_starts: OrderedDict[tuple[str, float], float] = OrderedDict()
+_starts_lock = threading.Lock()
+
+
+def _note_start(job_id: str, run_time: Any) -> None:
+    if not isinstance(run_time, datetime):
+        return
+    with _starts_lock:
+        _starts[(job_id, run_time.timestamp())] = now_epoch()
+        while len(_starts) > _STARTS_LIMIT:
+            _starts.popitem(last=False)
+
+
+def pop_start(job_id: str, run_time: datetime | None) -> float | None:
+    """Return (and forget) when the run of ``job_id`` at ``run_time`` entered the job function."""
+    if run_time is None:
+        return None
+    with _starts_lock:
+        return _starts.pop((job_id, run_time.timestamp()), None)
+
+
+def _caller_run_time() -> Any:
+    # APScheduler's run_job / run_coroutine_job call the job function from a loop
+    # over ``run_time``; two frames up from here is that loop.
+    frame = sys._getframe(2)
+    return frame.f_locals.get("run_time") if frame is not None else None
+
+
+def instrument(job: Any) -> None:
+    """Wrap ``job.func`` so each run notes its start and gets fresh DB connections.
+
+    Django closes stale connections around each request; a job thread lives
+    far longer, so the same is done around each run. Only ``job.func`` is
+    replaced: ``job.func_ref``, which is what gets stored, is unchanged.
+    """
+    func = job.func
+    job_id = job.id
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            _note_start(job_id, _caller_run_time())
+            close_old_connections()
+            try:
+                return await func(*args, **kwargs)
+            finally:
+                close_old_connections()
+
+        job.func = run_async
+        return
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        _note_start(job_id, _caller_run_time())
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    job.func = run
+
+
+# --- The recorder thread ----------------------------------------------------------
+
+
+class ExecutionRecorder:
+    """Writes records in a thread of its own, in batches, so no listener waits for the database.
+
+    One recorder serves the whole process. Records wait in memory while the
+    database is unreachable and are written once it is back.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[Record] = deque()
+        self._cond = threading.Condition()
+        self._pending = 0  # records queued or being written
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def submit(self, records: Iterable[Record]) -> None:
+        with self._cond:
+            for record in records:
+                self._queue.append(record)
+                self._pending += 1
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted record is written; return False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def _ensure_thread(self) -> None:
+        # A forked child (gunicorn's workers) inherits the queue but not the thread.
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(
+            target=self._run, name="django_apscheduler-recorder", daemon=True
+        )
+        self._thread.start()
+
+    def release_connection(self, timeout: float | None = 10) -> bool:
+        """Flush, then have the recorder thread close its database connection.
+
+        Called when a job store shuts down, so no idle connection outlives the
+        scheduler; the next record opens a new one.
+        """
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                return True
+            self._queue.append(_CLOSE)  # type: ignore[arg-type]
+            self._pending += 1
+            self._cond.notify_all()
+        return self.flush(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                batch = []
+                while self._queue and len(batch) < BATCH_SIZE and self._queue[0] is not _CLOSE:
+                    batch.append(self._queue.popleft())
+                close = not batch and self._queue.popleft() is _CLOSE
+            try:
+                if close:
+                    connections.close_all()
+                else:
+                    self._write(batch)
+            except Exception:
+                logger.exception("Execution recorder failed; continuing")
+            finally:
+                with self._cond:
+                    self._pending -= len(batch) or 1
+                    self._cond.notify_all()
+
+    def _write(self, batch: list[Record]) -> None:
+        try:
+            write_now_patiently(batch)
+            return
+        except Exception:
+            if len(batch) == 1:
+                logger.exception(
+                    "Could not record the run of job %r at %s (%s)",
+                    batch[0].job_id,
+                    batch[0].run_time,
+                    batch[0].status,
+                )
+                return
+        # One bad record must not cost the others: write them one at a time.
+        for record in batch:
+            self._write([record])
+
+
+def write_now_patiently(records: list[Record]) -> None:
+    """Like :func:`write_now`, but keeps retrying while the process runs."""
+    merged = _merge_all(records)
+    if not merged:
+        return
+    using = router.db_for_write(DjangoJobExecution)
+    db.run_resiliently(
+        lambda: _write(merged, using),
+        using=using,
+        description="record job executions",
+        keep_trying=lambda: not _shutting_down,
+    )
+
+
+_shutting_down = False
+_CLOSE = object()  # queued by release_connection(): close the thread's connections
+recorder = ExecutionRecorder()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    global _shutting_down
+    if not recorder.flush(timeout=10):
+        logger.error("Exiting with job executions not yet recorded")
+    _shutting_down = True
+
+
+def make_listener(jobstore_alias: Callable[[], str | None]) -> Callable[[Any], None]:
+    """Return a scheduler listener that records the events of one job store's jobs."""
+
+    def listener(event: JobSubmissionEvent | JobExecutionEvent) -> None:
+        if event.jobstore != jobstore_alias():
+            return
+        try:
+            started = pop_start(event.job_id, getattr(event, "scheduled_run_time", None))
+            recorder.submit(records_from_event(event, started))
+        except Exception:
+            logger.exception("Could not record event %r of job %r", event, event.job_id)
+
+    return listener

@@ -1,0 +1,414 @@
+"""APScheduler 3 job stores backed by the Django database.
+
+``DjangoJobStore`` keeps jobs in ``DjangoJob``; both stores record every run
+in ``DjangoJobExecution`` (see :mod:`django_apscheduler.executions`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import time
+import warnings
+from datetime import datetime
+from typing import Any, Callable
+
+from apscheduler.job import Job
+from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.base import STATE_STOPPED
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from django_apscheduler import db, executions, util
+from django_apscheduler.exceptions import UnrestorableJobError
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
+
+logger = logging.getLogger(__name__)
+
+#: Seconds after which a job that could not be restored is tried again.
+BROKEN_RETRY_INTERVAL = 60.0
+
+
+class DjangoResultStoreMixin:
+    """Records the runs of a store's jobs in ``DjangoJobExecution``.
+
+    The listeners are registered when the store starts. They only queue the
+    records; a background thread writes them (see ``executions``).
+    """
+
+    #: Kept for 0.7.0 compatibility; nothing here depends on it any more.
+    lock = None
+
+    _alias: str | None
+    _scheduler: Any
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        super().start(scheduler, alias)  # type: ignore[misc]
+        type(self).lock = scheduler._create_lock()
+        self.register_event_listeners()
+
+    def register_event_listeners(self) -> None:
+        """Record the runs of this store's jobs through the scheduler's listeners."""
+        self._scheduler.add_listener(
+            executions.make_listener(lambda: self._alias), executions.EVENT_MASK
+        )
+
+    @classmethod
+    def _handle(cls, event: Any) -> int | None:
+        started = executions.pop_start(event.job_id, getattr(event, "scheduled_run_time", None))
+        records = executions.records_from_event(event, started)
+        ids = executions.write_now(records)
+        if not ids:
+            logger.warning(
+                "Job '%s' no longer exists! Skipping logging of job execution...", event.job_id
+            )
+            return None
+        return ids.get(records[0].key)
+
+    @classmethod
+    def handle_submission_event(cls, event: Any) -> int | None:
+        """Record a submission (or a max-instances refusal) now; return the execution id."""
+        return cls._handle(event)
+
+    @classmethod
+    def handle_execution_event(cls, event: Any) -> int | None:
+        """Record a successful run now; return the execution id."""
+        return cls._handle(event)
+
+    @classmethod
+    def handle_error_event(cls, event: Any) -> int | None:
+        """Record a failed or missed run now; return the execution id."""
+        return cls._handle(event)
+
+
+class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
+    """Stores jobs in the ``DjangoJob`` table of the database Django routes it to.
+
+    :param pickle_protocol: pickle protocol used for the job state.
+    """
+
+    def __init__(self, pickle_protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
+        super().__init__()
+        self.pickle_protocol = pickle_protocol
+        # Jobs that could not be restored: id -> monotonic time they were seen broken.
+        self._broken: dict[str, float] = {}
+        self._broken_reasons: dict[str, str] = {}
+        # Jobs handed out by the current get_due_jobs() round, and the thread that
+        # asked: the scheduler removes a finished one-shot job from that thread.
+        self._round_thread: int | None = None
+        self._round_ids: set[str] = set()
+        self._dispatch_connection: Any = None
+        # Set by shutdown(): the scheduler's loop may still run one last round
+        # after it stopped the stores, which must not reopen a connection.
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<{self.__class__.__name__}(pickle_protocol={self.pickle_protocol})>"
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        self._stopped = False
+        super().start(scheduler, alias)
+
+    # --- helpers ---------------------------------------------------------------
+
+    @property
+    def _db(self) -> str:
+        return router.db_for_write(DjangoJob)
+
+    def _in_dispatch(self) -> bool:
+        return self._round_thread == threading.get_ident()
+
+    def _scheduler_running(self) -> bool:
+        scheduler = getattr(self, "_scheduler", None)
+        return scheduler is not None and scheduler.state != STATE_STOPPED
+
+    def _run(self, operation: Callable[[], Any], description: str) -> Any:
+        # The scheduler's own dispatch loop must not die from a lost connection:
+        # it keeps retrying for as long as the scheduler runs.
+        patient = self._in_dispatch()
+        return db.run_resiliently(
+            operation,
+            using=self._db,
+            description=description,
+            keep_trying=(lambda: patient and self._scheduler_running()),
+        )
+
+    def _state(self, job: Job) -> bytes:
+        return pickle.dumps(job.__getstate__(), self.pickle_protocol)
+
+    def _reconstitute_job(self, job_state: bytes | memoryview) -> Job:
+        state = pickle.loads(bytes(job_state))
+        job = Job.__new__(Job)
+        job.__setstate__(state)
+        job._scheduler = self._scheduler
+        job._jobstore_alias = self._alias
+        return job
+
+    def _restore(self, job_id: str, job_state: bytes | memoryview) -> Job | None:
+        """Restore one row, or note it as broken (logged once per reason) and return None."""
+        try:
+            return self._reconstitute_job(job_state)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._broken_reasons.get(job_id) != reason:
+                logger.error(
+                    "Job %r cannot be restored and is skipped (%s). It stays in the database "
+                    "until it is fixed (re-add it with replace_existing=True) or removed.",
+                    job_id,
+                    reason,
+                )
+            self._broken[job_id] = time.monotonic()
+            self._broken_reasons[job_id] = reason
+            return None
+
+    def _known_broken(self) -> list[str]:
+        now = time.monotonic()
+        for job_id, seen in list(self._broken.items()):
+            if now - seen > BROKEN_RETRY_INTERVAL:
+                del self._broken[job_id]
+        return list(self._broken)
+
+    def _forget_broken(self, job_id: str) -> None:
+        self._broken.pop(job_id, None)
+        self._broken_reasons.pop(job_id, None)
+
+    def _get_jobs(self, **filters: Any) -> list[Job]:
+        """Restore the jobs matching ``filters``, in next-run-time order, skipping broken rows."""
+
+        def query() -> list[tuple[str, Any]]:
+            rows = DjangoJob.objects.using(self._db).filter(**filters)
+            rows = rows.order_by(F("next_run_time").asc(nulls_last=True), "id")
+            return list(rows.values_list("id", "job_state"))
+
+        jobs = []
+        for job_id, job_state in self._run(query, "load jobs"):
+            if not job_state:  # the kept record of a finished one-shot job
+                continue
+            job = self._restore(job_id, job_state)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    # --- the APScheduler job store interface ------------------------------------
+
+    def lookup_job(self, job_id: str) -> Job | None:
+        def query() -> Any:
+            return (
+                DjangoJob.objects.using(self._db)
+                .filter(id=job_id)
+                .values_list("job_state", flat=True)
+                .first()
+            )
+
+        job_state = self._run(query, f"look up job {job_id!r}")
+        if not job_state:
+            return None
+        try:
+            return self._reconstitute_job(job_state)
+        except Exception as exc:
+            raise UnrestorableJobError(job_id, exc) from exc
+
+    def get_due_jobs(self, now: datetime) -> list[Job]:
+        if self._stopped:
+            return []
+        self._round_thread = threading.get_ident()
+        self._dispatch_connection = connections[self._db]
+        broken = self._known_broken()
+        now = util.get_django_internal_datetime(now)  # type: ignore[assignment]
+
+        def query() -> list[tuple[str, Any]]:
+            rows = (
+                DjangoJob.objects.using(self._db)
+                .filter(next_run_time__lte=now)
+                .exclude(id__in=broken)
+                .order_by("next_run_time", "id")
+            )
+            return list(rows.values_list("id", "job_state"))
+
+        jobs = []
+        for job_id, job_state in self._run(query, "get due jobs"):
+            job = self._restore(job_id, job_state) if job_state else None
+            if job is not None:
+                executions.instrument(job)
+                jobs.append(job)
+        self._round_ids = {job.id for job in jobs}
+        return jobs
+
+    def get_next_run_time(self) -> datetime | None:
+        # The scheduler asks this at the end of each dispatch round.
+        in_round = self._in_dispatch()
+        if self._stopped:
+            self._round_thread = None
+            return None
+        broken = self._known_broken()
+
+        def query() -> datetime | None:
+            return (
+                DjangoJob.objects.using(self._db)
+                .filter(next_run_time__isnull=False)
+                .exclude(id__in=broken)
+                .order_by("next_run_time")
+                .values_list("next_run_time", flat=True)
+                .first()
+            )
+
+        try:
+            next_run_time = self._run(query, "get the next run time")
+        finally:
+            if in_round:
+                self._round_thread = None
+                self._round_ids = set()
+        if next_run_time is None:
+            return None
+        if timezone.is_naive(next_run_time):
+            next_run_time = timezone.make_aware(next_run_time)
+        return next_run_time.astimezone(self._scheduler.timezone)
+
+    def get_all_jobs(self) -> list[Job]:
+        jobs = self._get_jobs()
+        self._fix_paused_jobs_sorting(jobs)
+        return jobs
+
+    def add_job(self, job: Job) -> DjangoJob:
+        state = self._state(job)
+        next_run_time = util.get_django_internal_datetime(job.next_run_time)
+        attempts = 0
+
+        def insert() -> DjangoJob:
+            nonlocal attempts
+            attempts += 1
+            using = self._db
+            try:
+                with transaction.atomic(using=using):
+                    return DjangoJob.objects.using(using).create(
+                        id=job.id, next_run_time=next_run_time, job_state=state
+                    )
+            except IntegrityError:
+                with transaction.atomic(using=using):
+                    row = (
+                        DjangoJob.objects.using(using).select_for_update().filter(id=job.id).first()
+                    )
+                    if row is None:
+                        raise
+                    if not row.job_state or (attempts > 1 and bytes(row.job_state) == state):
+                        # A finished one-shot job's record, or our own insert whose
+                        # commit was confirmed only by this retry: take it over.
+                        row.next_run_time, row.job_state = next_run_time, state
+                        row.save(using=using)
+                        return row
+                raise ConflictingIdError(job.id) from None
+
+        row = self._run(insert, f"add job {job.id!r}")
+        self._forget_broken(job.id)
+        return row
+
+    def update_job(self, job: Job) -> None:
+        state = self._state(job)
+        next_run_time = util.get_django_internal_datetime(job.next_run_time)
+
+        def update() -> int:
+            return (
+                DjangoJob.objects.using(self._db)
+                .filter(id=job.id)
+                .update(next_run_time=next_run_time, job_state=state)
+            )
+
+        if not self._run(update, f"update job {job.id!r}"):
+            raise JobLookupError(job.id)
+        self._forget_broken(job.id)
+
+    def remove_job(self, job_id: str) -> None:
+        if self._in_dispatch() and job_id in self._round_ids:
+            # The scheduler removes a job from its dispatch loop when its trigger
+            # will not fire again. Keep an empty record, so the job's execution
+            # history (still being written) survives.
+            def finish() -> int:
+                return (
+                    DjangoJob.objects.using(self._db)
+                    .filter(id=job_id)
+                    .update(next_run_time=None, job_state=b"")
+                )
+
+            if not self._run(finish, f"mark one-shot job {job_id!r} finished"):
+                raise JobLookupError(job_id)
+            return
+
+        def delete() -> int:
+            using = self._db
+            with transaction.atomic(using=using):
+                deleted, _ = DjangoJob.objects.using(using).filter(id=job_id).delete()
+                return deleted
+
+        if not self._run(delete, f"remove job {job_id!r}"):
+            raise JobLookupError(job_id)
+        self._forget_broken(job_id)
+
+    def remove_all_jobs(self) -> None:
+        def delete() -> None:
+            using = self._db
+            with transaction.atomic(using=using):
+                DjangoJobExecution.objects.using(using).all().delete()
+                DjangoJob.objects.using(using).all().delete()
+
+        self._run(delete, "remove all jobs")
+        self._broken.clear()
+        self._broken_reasons.clear()
+
+    def shutdown(self) -> None:
+        """Write the runs still queued for the log, then close the store's connections.
+
+        The scheduler calls this from the thread that stops it, after its
+        dispatch loop has finished with the store, so the dispatch thread's
+        connection is closed here too instead of lingering until exit.
+        """
+        self._stopped = True
+        if not executions.recorder.release_connection(timeout=10):
+            logger.warning("Job store shut down with job executions not yet recorded")
+        own = connections[self._db]
+        dispatch, self._dispatch_connection = self._dispatch_connection, None
+        if dispatch is not None and dispatch is not own:
+            dispatch.inc_thread_sharing()
+            try:
+                dispatch.close()
+            finally:
+                dispatch.dec_thread_sharing()
+        own.close()
+
+
+class DjangoMemoryJobStore(DjangoResultStoreMixin, MemoryJobStore):
+    """Keeps jobs in memory and records their runs in the database.
+
+    Runs are recorded only for jobs that also have a ``DjangoJob`` row with the
+    same id (the execution log refers to it).
+    """
+
+
+def register_events(scheduler: Any, result_storage: Any = None) -> None:
+    """Does nothing; kept so 0.3-era code keeps importing."""
+    warnings.warn(
+        "'register_events' is deprecated since version 0.4.0. Please remove all references "
+        "from your code.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+
+
+def register_job(scheduler: Any, *args: Any, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """Decorator adding the decorated function to ``scheduler`` (deprecated since 0.5.0)."""
+
+    def inner(func: Callable) -> Callable:
+        warnings.warn(
+            "'register_job' is deprecated since version 0.5.0. Please use the "
+            "'add_job()' method or the '@scheduled_job' decorator instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        job_kwargs = dict(kwargs)
+        job_kwargs.setdefault("id", f"{func.__module__}.{func.__name__}")
+        scheduler.add_job(func, *args, **job_kwargs)
+        return func
+
+    return inner

@@ -1,0 +1,170 @@
+"""The two tables of django-apscheduler: stored jobs and their execution log.
+
+The field definitions reproduce the schema that django-apscheduler 0.7.0 left
+after its migration 0009, option for option, so an existing database is taken
+over as it stands and ``makemigrations`` finds nothing to do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import models, router, transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from django_apscheduler import util
+
+
+class DjangoJob(models.Model):
+    """One APScheduler job: its pickled state and, for querying, its next run time.
+
+    A row whose ``job_state`` is empty is the record of a one-shot job that has
+    finished: it keeps the job's execution history reachable and is not a job
+    any more (the job store never returns it).
+    """
+
+    id = models.CharField(max_length=255, primary_key=True, help_text=_("Unique id for this job."))
+    next_run_time = models.DateTimeField(
+        db_index=True,
+        blank=True,
+        null=True,
+        help_text=_("Date and time at which this job is scheduled to be executed next."),
+    )
+    job_state = models.BinaryField()
+
+    class Meta:
+        ordering = ("next_run_time",)
+
+    def __str__(self) -> str:
+        if self.next_run_time:
+            return f"{self.id} (next run at: {util.get_local_dt_format(self.next_run_time)})"
+        return f"{self.id} (paused)"
+
+    @property
+    def is_finished(self) -> bool:
+        """True for the kept record of a one-shot job that has run for the last time."""
+        return not self.job_state
+
+
+class DjangoJobExecutionManager(models.Manager):
+    """Manager of the execution log, with its retention helper."""
+
+    def delete_old_job_executions(self, max_age: int) -> int:
+        """Delete executions whose run time is at least ``max_age`` seconds old.
+
+        Records of finished one-shot jobs that no longer have any execution are
+        deleted too. Returns the number of executions deleted.
+        """
+        using = router.db_for_write(self.model)
+        cutoff = timezone.now() - timedelta(seconds=max_age)
+        with transaction.atomic(using=using):
+            deleted, _ = (
+                self.using(using)
+                .filter(run_time__lte=util.get_django_internal_datetime(cutoff))
+                .delete()
+            )
+            finished = DjangoJob.objects.using(using).filter(
+                next_run_time__isnull=True, djangojobexecution__isnull=True
+            )
+            stale = [
+                job_id for job_id, state in finished.values_list("id", "job_state") if not state
+            ]
+            if stale:
+                DjangoJob.objects.using(using).filter(id__in=stale).delete()
+        return deleted
+
+
+class DjangoJobExecution(models.Model):
+    """One run (or attempted run) of a job at one scheduled run time."""
+
+    SENT = "Started execution"
+    SUCCESS = "Executed"
+    MISSED = "Missed!"
+    MAX_INSTANCES = "Max instances!"
+    ERROR = "Error!"
+
+    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS]]
+
+    id = models.BigAutoField(primary_key=True, help_text=_("Unique ID for this job execution."))
+    job = models.ForeignKey(
+        DjangoJob,
+        on_delete=models.CASCADE,
+        help_text=_("The job that this execution relates to."),
+    )
+    status = models.CharField(
+        max_length=50,
+        choices=STATUS_CHOICES,
+        help_text=_("The current status of this job execution."),
+    )
+    run_time = models.DateTimeField(
+        db_index=True, help_text=_("Date and time at which this job was executed.")
+    )
+    duration = models.DecimalField(
+        max_digits=15,
+        decimal_places=2,
+        default=None,
+        null=True,
+        help_text=_("Total run time of this job (in seconds)."),
+    )
+    finished = models.DecimalField(
+        max_digits=15,
+        decimal_places=2,
+        default=None,
+        null=True,
+        help_text=_("Timestamp at which this job was finished."),
+    )
+    exception = models.CharField(
+        max_length=1000,
+        null=True,
+        help_text=_("Details of exception that occurred during job execution (if any)."),
+    )
+    traceback = models.TextField(
+        null=True,
+        help_text=_("Traceback of exception that occurred during job execution (if any)."),
+    )
+
+    objects = DjangoJobExecutionManager()
+
+    class Meta:
+        ordering = ("-run_time",)
+        constraints = [
+            models.UniqueConstraint(fields=["job_id", "run_time"], name="unique_job_executions")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id}: job '{self.job_id}' ({self.status})"
+
+    @classmethod
+    def atomic_update_or_create(
+        cls,
+        lock: object,
+        job_id: str,
+        run_time: datetime,
+        status: str,
+        exception: str | None = None,
+        traceback: str | None = None,
+    ) -> DjangoJobExecution | None:
+        """Record ``status`` for the run of ``job_id`` at ``run_time`` and return the row.
+
+        One row exists per (job, run time): a later "Started execution" never
+        overwrites a final status, and a final status replaces an earlier one.
+        ``lock`` is accepted for compatibility with 0.7.0 and not needed: the
+        database serialises concurrent writers. Returns None if the job no
+        longer exists.
+        """
+        from django_apscheduler import executions
+
+        record = executions.Record(
+            job_id=job_id,
+            run_time=run_time,
+            status=status,
+            exception=exception,
+            traceback=traceback,
+            finished=None if status == cls.SENT else executions.now_epoch(),
+        )
+        ids = executions.write_now([record])
+        execution_id = ids.get(record.key)
+        if execution_id is None:
+            return None
+        return cls.objects.using(router.db_for_write(cls)).get(pk=execution_id)

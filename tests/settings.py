@@ -1,0 +1,101 @@
+"""Settings for the test suite.
+
+The database is chosen with ``DJANGO_APSCHEDULER_TEST_DB``: ``sqlite`` (the
+default, a file so that other processes can share it), ``postgres`` or
+``mariadb``. ``DJANGO_APSCHEDULER_TEST_DB_SUFFIX`` keeps parallel runs apart.
+"""
+
+import os
+import tempfile
+
+BACKEND = os.environ.get("DJANGO_APSCHEDULER_TEST_DB", "sqlite")
+SUFFIX = os.environ.get("DJANGO_APSCHEDULER_TEST_DB_SUFFIX", "")
+NAME = f"django_apscheduler{SUFFIX}"
+
+if BACKEND == "sqlite":
+    _dir = os.environ.get("DJANGO_APSCHEDULER_SQLITE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"django_apscheduler_tests{SUFFIX}"
+    )
+    os.makedirs(_dir, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.path.join(_dir, "db.sqlite3"),
+            "OPTIONS": {"timeout": 20},
+            "TEST": {"NAME": os.path.join(_dir, "test.sqlite3")},
+        }
+    }
+elif BACKEND == "postgres":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": NAME,
+            "USER": os.environ.get("PGUSER", "postgres"),
+            "PASSWORD": os.environ.get("PGPASSWORD", ""),
+            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+            "PORT": os.environ.get("PGPORT", "5432"),
+        }
+    }
+elif BACKEND == "mariadb":
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.mysql",
+            "NAME": NAME,
+            "USER": os.environ.get("MYSQL_USER", "root"),
+            "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
+            "HOST": os.environ.get("MYSQL_HOST", "127.0.0.1"),
+            "PORT": os.environ.get("MYSQL_PORT", "3306"),
+            "OPTIONS": {"charset": "utf8mb4"},
+            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+        }
+    }
+else:
+    raise RuntimeError(
+        f"DJANGO_APSCHEDULER_TEST_DB={BACKEND!r}: use 'sqlite', 'postgres' or 'mariadb'"
+    )
+
+SECRET_KEY = "tests-only"
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "Europe/Berlin"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "tests.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django_apscheduler",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django_apscheduler": {"handlers": ["console"], "level": "WARNING"}},
+}
