@@ -32,6 +32,19 @@ logger = logging.getLogger(__name__)
 BROKEN_RETRY_INTERVAL = 60.0
 
 
+def restore_job(job_state: bytes | memoryview) -> Job:
+    """Turn a stored ``job_state`` back into an (unbound) APScheduler job.
+
+    Raises whatever unpickling raises: a function that no longer exists, a
+    trigger class that cannot be imported, a state from an incompatible
+    APScheduler version.
+    """
+    state = pickle.loads(bytes(job_state))
+    job = Job.__new__(Job)
+    job.__setstate__(state)
+    return job
+
+
 class DjangoResultStoreMixin:
     """Records the runs of a store's jobs in ``DjangoJobExecution``.
 
@@ -140,9 +153,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         return pickle.dumps(job.__getstate__(), self.pickle_protocol)
 
     def _reconstitute_job(self, job_state: bytes | memoryview) -> Job:
-        state = pickle.loads(bytes(job_state))
-        job = Job.__new__(Job)
-        job.__setstate__(state)
+        job = restore_job(job_state)
         job._scheduler = self._scheduler
         job._jobstore_alias = self._alias
         return job
