@@ -1,0 +1,397 @@
+"""An existing django-apscheduler 0.7.0 database upgrades in place.
+
+The real django-apscheduler 0.7.0 from PyPI, installed in a throwaway virtual
+environment (cached under ``.cache/``), creates a database on the backend
+under test (``DJANGO_APSCHEDULER_TEST_DB``): it runs its migrations, stores
+jobs through its DjangoJobStore and logs executions, from a real scheduler and
+through ``atomic_update_or_create``. Then our package takes that database
+over: ``django-admin migrate`` must not change it, every job must load, run
+and be logged, and every old execution row must still be there, unchanged.
+
+The scripts that run in the two environments live in ``tests/upgrade/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "tests" / "upgrade"
+CACHE = REPO / ".cache" / "upgrade-070"
+
+BACKEND = os.environ.get("DJANGO_APSCHEDULER_TEST_DB", "sqlite")
+SUFFIX = os.environ.get("DJANGO_APSCHEDULER_TEST_DB_SUFFIX", "")
+
+#: What the throwaway environment installs, per backend.
+REQUIREMENTS = ["django-apscheduler==0.7.0", "Django>=5.2,<5.3", "APScheduler>=3.11,<3.12"]
+DRIVERS = {"sqlite": [], "postgres": ["psycopg[binary]>=3.1"], "mariadb": ["mysqlclient>=2.1"]}
+
+OLD_MIGRATIONS = [
+    "0001_initial",
+    "0002_auto_20180412_0758",
+    "0003_auto_20200716_1632",
+    "0004_auto_20200717_1043",
+    "0005_migrate_name_to_id",
+    "0006_remove_djangojob_name",
+    "0007_auto_20200717_1404",
+    "0008_remove_djangojobexecution_started",
+    "0009_djangojobexecution_unique_job_executions",
+]
+SQUASHED = "0001_squashed_0009_djangojobexecution_unique_job_executions"
+
+#: The jobs legacy_create.py stores, and the ones it leaves paused.
+JOB_IDS = {"interval", "cron", "with_args", "failing", "date_future", "paused", "protocol_2"}
+PAUSED = {"paused"}
+
+#: Bounds on the subprocesses (not speed checks).
+VENV_TIMEOUT = 900
+STEP_TIMEOUT = 300
+
+
+# --- subprocesses ------------------------------------------------------------------
+
+
+def _run(cmd, *, timeout: float = STEP_TIMEOUT, check: bool = True, **kwargs):
+    """Run ``cmd``; show its output, and fail with it when it fails."""
+    cmd = [str(part) for part in cmd]
+    shown = " ".join(cmd)
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(
+            f"timed out after {timeout} s: {shown}\n"
+            f"--- stdout\n{exc.stdout}\n--- stderr\n{exc.stderr}"
+        ) from None
+    print(
+        f"$ {shown}  [rc={proc.returncode}, {time.monotonic() - started:.1f} s]\n"
+        f"--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit code {proc.returncode}: {shown}\n"
+            f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without anything that would leak into another interpreter."""
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    env["PYTHONNOUSERSITE"] = "1"
+    env.update(extra)
+    return env
+
+
+# --- the cached 0.7.0 environment ---------------------------------------------------
+
+
+def _bin(venv: Path, name: str) -> Path:
+    return venv / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def legacy_python() -> Path:
+    """The Python of a virtual environment with django-apscheduler 0.7.0 installed.
+
+    Made with the interpreter running the tests and cached under ``.cache/``,
+    keyed by what it installs and by that interpreter. A file lock makes
+    concurrent test processes build it once; a marker written last tells a
+    finished environment from one whose build was interrupted.
+    """
+    fcntl = pytest.importorskip("fcntl")
+    requirements = REQUIREMENTS + DRIVERS[BACKEND]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "requirements": requirements,
+                "python": sys.version,
+                "base_prefix": sys.base_prefix,
+                "layout": 1,
+            }
+        ).encode()
+    ).hexdigest()[:16]
+    venv = CACHE / f"py{sys.version_info[0]}{sys.version_info[1]}-{BACKEND}-{key}"
+    python = _bin(venv, "python")
+    complete = venv / ".complete"
+    if complete.exists():
+        return python
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{venv.name}.lock", "w") as lock:
+        deadline = time.monotonic() + VENV_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{venv} is still being built elsewhere") from None
+                time.sleep(0.5)
+        try:
+            if complete.exists():  # another process built it meanwhile
+                return python
+            if venv.exists():  # an interrupted build
+                shutil.rmtree(venv)
+            env = _clean_env()
+            _run([sys.executable, "-m", "venv", venv], env=env, timeout=VENV_TIMEOUT)
+            _run(
+                [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input"]
+                + requirements,
+                env=env,
+                timeout=VENV_TIMEOUT,
+            )
+            freeze = _run([python, "-m", "pip", "freeze"], env=env).stdout
+            complete.write_text(json.dumps({"requirements": requirements, "freeze": freeze}))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return python
+
+
+# --- the dedicated database ---------------------------------------------------------
+
+
+def _server_connection():
+    """An autocommit connection to the server (not to a database) under test."""
+    if BACKEND == "postgres":
+        import psycopg
+
+        return psycopg.connect(
+            host=os.environ.get("PGHOST", "127.0.0.1"),
+            port=int(os.environ.get("PGPORT", "5432")),
+            user=os.environ.get("PGUSER", "postgres"),
+            password=os.environ.get("PGPASSWORD", ""),
+            dbname="postgres",
+            autocommit=True,
+        )
+    import MySQLdb
+
+    conn = MySQLdb.connect(
+        host=os.environ.get("MYSQL_HOST", "127.0.0.1"),
+        port=int(os.environ.get("MYSQL_PORT", "3306")),
+        user=os.environ.get("MYSQL_USER", "root"),
+        password=os.environ.get("MYSQL_PASSWORD", ""),
+    )
+    conn.autocommit(True)
+    return conn
+
+
+def _drop_database(conn, name: str) -> None:
+    cursor = conn.cursor()
+    if BACKEND == "postgres":
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    else:
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def database(tmp_path):
+    """The name of an empty database of its own (the file path for SQLite)."""
+    if BACKEND == "sqlite":
+        yield str(tmp_path / "upgrade.sqlite3")
+        return
+    assert re.fullmatch(r"\w*", SUFFIX), f"unsafe DJANGO_APSCHEDULER_TEST_DB_SUFFIX {SUFFIX!r}"
+    name = f"dja_upgrade{SUFFIX}"
+    conn = _server_connection()
+    try:
+        _drop_database(conn, name)
+        if BACKEND == "postgres":
+            conn.cursor().execute(f'CREATE DATABASE "{name}"')
+        else:
+            conn.cursor().execute(
+                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            )
+        yield name
+    finally:
+        try:
+            _drop_database(conn, name)
+        finally:
+            conn.close()
+
+
+# --- the test -----------------------------------------------------------------------
+
+
+def _sql_statements(log: str) -> list[str]:
+    """The statements in a ``django.db.backends`` log (each may span lines)."""
+    return [chunk for chunk in re.split(r"^(?=django\.db\.backends)", log, flags=re.M) if chunk]
+
+
+def _by_id(rows: list[dict]) -> dict:
+    return {row["id"]: row for row in rows}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND not in DRIVERS, reason=f"unknown backend {BACKEND!r}")
+def test_070_database_upgrades_in_place(tmp_path, database):
+    python070 = legacy_python()
+    db_env = {
+        "DJA_UPGRADE_DB": BACKEND,
+        "DJA_UPGRADE_DB_NAME": database,
+        "DJANGO_SETTINGS_MODULE": "upgrade_settings",
+    }
+    legacy_markers = tmp_path / "markers-070"
+    our_markers = tmp_path / "markers-ours"
+    legacy_markers.mkdir()
+    our_markers.mkdir()
+
+    # 1. django-apscheduler 0.7.0 builds the database. Only tests/upgrade is on
+    #    its path (not the repository), so it cannot see our package.
+    legacy_env = _clean_env(
+        **db_env, PYTHONPATH=str(SCRIPTS), DJA_UPGRADE_MARKERS=str(legacy_markers)
+    )
+    _run(
+        [python070, SCRIPTS / "legacy_create.py", tmp_path / "legacy.json"],
+        env=legacy_env,
+        cwd=tmp_path,
+    )
+    legacy = json.loads((tmp_path / "legacy.json").read_text())
+    _check_legacy(legacy, legacy_markers)
+
+    # 2. Our `django-admin migrate`, with every SQL statement logged.
+    sql_log = tmp_path / "migrate.sql.log"
+    our_env = _clean_env(
+        **db_env,
+        PYTHONPATH=os.pathsep.join([str(SCRIPTS), str(REPO)]),
+        DJA_UPGRADE_MARKERS=str(our_markers),
+    )
+    migrate = _run(
+        [sys.executable, "-m", "django", "migrate", "--no-input", "-v", "2"],
+        env={**our_env, "DJA_UPGRADE_SQL_LOG": str(sql_log)},
+        cwd=tmp_path,
+    )
+    assert "No migrations to apply." in migrate.stdout
+    statements = _sql_statements(sql_log.read_text())
+    assert any("django_migrations" in s for s in statements), "the SQL log stayed empty"
+    touching = [s for s in statements if "django_apscheduler_djangojob" in s]
+    assert not touching, "migrate touched the 0.7.0 tables:\n" + "\n".join(touching)
+    recorded = [s for s in statements if "INSERT INTO" in s and "django_migrations" in s]
+    assert len(recorded) == 1 and SQUASHED in recorded[0], recorded
+
+    # 3. Our package takes the database over and runs every job.
+    check_out = tmp_path / "ours.json"
+    proc = _run(
+        [sys.executable, SCRIPTS / "check_upgraded.py", check_out],
+        env=our_env,
+        cwd=tmp_path,
+        check=False,
+    )
+    ours = json.loads(check_out.read_text()) if check_out.exists() else {}
+    assert proc.returncode == 0, (
+        f"check_upgraded.py failed (exit code {proc.returncode}); what it recorded:\n"
+        + json.dumps(ours, indent=1)[:20000]
+    )
+    _check_ours(legacy, ours)
+
+
+def _check_legacy(legacy: dict, markers: Path) -> None:
+    """What 0.7.0 made is what the rest of the test relies on."""
+    assert legacy["django_apscheduler"]["version"] == "0.7.0"
+    assert not legacy["django_apscheduler"]["file"].startswith(str(REPO / "django_apscheduler"))
+    assert legacy["migrations"] == OLD_MIGRATIONS
+
+    rows = {row["id"]: row for row in legacy["job_rows"]}
+    assert set(rows) == JOB_IDS
+    assert set(legacy["jobs"]) == JOB_IDS
+    assert {i for i, row in rows.items() if row["next_run_time"] is None} == PAUSED
+    assert rows["protocol_2"]["pickle_header"] == "8002"
+    assert rows["interval"]["pickle_header"] == "8005"
+
+    executions = legacy["executions"]
+    statuses = {(row["job_id"], row["status"]) for row in executions}
+    for job_id, status in legacy["run_now"].items():
+        assert (job_id, status) in statuses, f"0.7.0 did not log {job_id}: {executions}"
+    for expected in [
+        ("cron", "Started execution"),
+        ("paused", "Missed!"),
+        ("with_args", "Max instances!"),
+    ]:
+        assert expected in statuses
+    errors = [row for row in executions if row["status"] == "Error!"]
+    assert {row["exception"] for row in errors} == {"legacy boom", "older boom"}
+    live_error = next(row for row in errors if row["exception"] == "legacy boom")
+    assert "in fail" in live_error["traceback"]  # APScheduler gives the frames only
+    ran = {marker["tag"] for marker in _read_markers(markers)}
+    assert ran == set(legacy["run_now"]), "0.7.0 ran other jobs than the ones made due"
+
+
+def _read_markers(folder: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+
+
+def _check_ours(legacy: dict, ours: dict) -> None:
+    our_package = str(REPO / "django_apscheduler")
+    assert ours["django_apscheduler"]["file"].startswith(our_package)
+
+    # The migration: counted as applied, nothing left, no model changes.
+    assert ours["migrations"] == OLD_MIGRATIONS + [SQUASHED]
+    shown = ours["showmigrations"]
+    assert shown["code"] == 0
+    lines = [line.strip() for line in shown["stdout"].splitlines()[1:] if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"[X] {SQUASHED}"), shown["stdout"]
+    assert ours["migrate_check"]["code"] == 0, ours["migrate_check"]
+    makemigrations = ours["makemigrations_check"]
+    assert makemigrations["code"] == 0, makemigrations
+    assert "No changes detected" in makemigrations["stdout"], makemigrations
+
+    # The tables as 0.7.0 left them: the same schema, every row unchanged.
+    assert ours["schema"] == legacy["schema"]
+    assert ours["executions_before"] == legacy["executions"]
+    assert [row[:3] for row in ours["orm_executions"]] == [
+        [row["id"], row["job_id"], row["status"]] for row in legacy["executions"]
+    ]
+    assert len(ours["orm_jobs"]) == len(JOB_IDS)
+
+    # Every job loads (through get_jobs and through lookup) as 0.7.0 stored it.
+    loaded = {job["id"]: job for job in ours["loaded"]}
+    assert len(ours["loaded"]) == len(JOB_IDS)
+    assert loaded == legacy["jobs"]
+    assert ours["looked_up"] == legacy["jobs"]
+    assert set(ours["paused"]) == PAUSED
+    assert set(ours["active"]) == JOB_IDS - PAUSED
+
+    # Phase 1 ran every active job, with its arguments, under our package;
+    # the paused job stayed paused.
+    phase1 = ours["phase1"]
+    assert set(phase1["markers"]) == JOB_IDS - PAUSED
+    assert phase1["paused_next_run_times"] == {job_id: None for job_id in PAUSED}
+    assert all(row["next_run_time"] is None for row in phase1["job_rows"] if row["id"] in PAUSED)
+    markers = ours["markers"]
+    assert set(markers) == JOB_IDS
+    for job_id, runs in markers.items():
+        job = legacy["jobs"][job_id]
+        for run in runs:
+            assert run["args"] == job["args"][1:]  # the first argument is the tag
+            assert run["kwargs"] == job["kwargs"]
+            assert run["django_apscheduler"].startswith(our_package), run
+    with_args = markers["with_args"][0]
+    assert with_args["args"] == [1, "two", [3, 4.5]]
+    assert with_args["kwargs"] == {"flag": True, "nested": {"a": None, "b": [1, 2]}}
+
+    # Every old execution row is still there, unchanged; every job got new ones.
+    before = _by_id(legacy["executions"])
+    after = _by_id(ours["executions_after"])
+    missing = sorted(set(before) - set(after))
+    assert not missing, f"execution rows lost in the upgrade: {missing}"
+    changed = [(before[i], after[i]) for i in before if before[i] != after[i]]
+    assert not changed, f"execution rows changed: {changed}"
+    new = [row for i, row in after.items() if i not in before]
+    assert all(row["id"] > max(before) for row in new)
+    for job_id in JOB_IDS:
+        expected = "Error!" if job_id == "failing" else "Executed"
+        statuses = [row["status"] for row in new if row["job_id"] == job_id]
+        assert expected in statuses, f"no new {expected!r} execution for {job_id}: {new}"
+    error = next(row for row in new if row["status"] == "Error!")
+    assert error["exception"] == "legacy boom"
+    assert "in fail" in error["traceback"]
