@@ -39,6 +39,8 @@ class DjangoJob(models.Model):
     def __str__(self) -> str:
         if self.next_run_time:
             return f"{self.id} (next run at: {util.get_local_dt_format(self.next_run_time)})"
+        if self.is_finished:
+            return f"{self.id} (finished)"
         return f"{self.id} (paused)"
 
     @property

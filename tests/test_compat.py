@@ -95,7 +95,8 @@ def test_model_strings():
         id="j", next_run_time=datetime(2030, 1, 1, tzinfo=timezone.utc), job_state=b"x"
     )
     assert str(job).startswith("j (next run at: ")
-    assert str(DjangoJob(id="p", next_run_time=None)) == "p (paused)"
+    assert str(DjangoJob(id="p", next_run_time=None, job_state=b"x")) == "p (paused)"
+    assert str(DjangoJob(id="f", next_run_time=None, job_state=b"")) == "f (finished)"
     execution = DjangoJobExecution.objects.create(
         job=job, run_time=job.next_run_time, status=DjangoJobExecution.SUCCESS
     )
