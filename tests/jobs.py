@@ -28,3 +28,24 @@ def fail(message: str = "boom") -> None:
 async def async_record(tag: str = "async") -> None:
     with _lock:
         calls.append((tag, time.time()))
+
+
+def record_db(tag: str = "db") -> None:
+    """Runs a query on the Django database, then notes that it ran (in this process)."""
+    from django_apscheduler.models import DjangoJob
+
+    DjangoJob.objects.filter(id=tag).exists()
+    record(tag)
+
+
+async def async_fail(message: str = "async boom") -> None:
+    """An async job function that raises."""
+    raise RuntimeError(message)
+
+
+def count_jobs(tag: str = "count") -> None:
+    """Uses the ORM from the job's thread: notes how many DjangoJob rows exist."""
+    from django_apscheduler.models import DjangoJob
+
+    with _lock:
+        calls.append((f"{tag}:{DjangoJob.objects.count()}", time.time()))
