@@ -134,6 +134,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def _in_dispatch(self) -> bool:
         return self._round_thread == threading.get_ident()
 
+    def _dispatched(self, job_id: str) -> bool:
+        """True when the scheduler's loop handles ``job_id`` in its current round.
+
+        Its writes then follow a dispatch: a row that vanished meanwhile was
+        removed by someone else, which must neither be undone nor kill the loop.
+        """
+        return self._in_dispatch() and job_id in self._round_ids
+
     def _scheduler_running(self) -> bool:
         scheduler = getattr(self, "_scheduler", None)
         return scheduler is not None and scheduler.state != STATE_STOPPED
@@ -328,11 +336,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             )
 
         if not self._run(update, f"update job {job.id!r}"):
+            if self._dispatched(job.id):
+                logger.info("Job %r was removed while it was being dispatched", job.id)
+                return
             raise JobLookupError(job.id)
         self._forget_broken(job.id)
 
     def remove_job(self, job_id: str) -> None:
-        if self._in_dispatch() and job_id in self._round_ids:
+        if self._dispatched(job_id):
             # The scheduler removes a job from its dispatch loop when its trigger
             # will not fire again. Keep an empty record, so the job's execution
             # history (still being written) survives.
@@ -344,7 +355,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 )
 
             if not self._run(finish, f"mark one-shot job {job_id!r} finished"):
-                raise JobLookupError(job_id)
+                logger.info("Job %r was removed while it was being dispatched", job_id)
             return
 
         def delete() -> int:

@@ -356,3 +356,21 @@ def test_finished_one_shot_record_is_not_a_job_and_its_id_can_be_reused(store):
         store.update_job(make_job(store, id="missing", next_run_time=at(0)))
     store.add_job(make_job(store, id="once", trigger=DateTrigger(at(50)), next_run_time=at(50)))
     assert store.lookup_job("once").next_run_time == at(50)
+
+
+def test_job_removed_during_dispatch_neither_comes_back_nor_breaks_the_loop(store):
+    """Another process may remove a job between get_due_jobs and the scheduler's write."""
+    store.add_job(make_job(store, id="recurring", next_run_time=at(0)))
+    store.add_job(make_job(store, id="one-shot", trigger=DateTrigger(at(0)), next_run_time=at(0)))
+    due = store.get_due_jobs(at(10))
+    assert sorted(j.id for j in due) == ["one-shot", "recurring"]
+    DjangoJob.objects.all().delete()  # removed elsewhere, meanwhile
+    recurring = next(j for j in due if j.id == "recurring")
+    recurring._modify(next_run_time=at(60))
+    store.update_job(recurring)  # no JobLookupError: the scheduler's loop goes on
+    store.remove_job("one-shot")
+    assert store.get_next_run_time() is None
+    assert DjangoJob.objects.count() == 0
+    # Outside a dispatch round the contract is unchanged.
+    with pytest.raises(JobLookupError):
+        store.update_job(recurring)
