@@ -14,6 +14,7 @@ synchronously for callers that need the row at once.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import inspect
@@ -310,15 +311,33 @@ def _caller_run_time() -> Any:
     return frame.f_locals.get("run_time") if frame is not None else None
 
 
-def instrument(job: Any) -> None:
+def instrument(job: Any, awaits_coroutines: bool = False) -> None:
     """Wrap ``job.func`` so each run notes its start and gets fresh DB connections.
 
     Django closes stale connections around each request; a job thread lives
     far longer, so the same is done around each run. Only ``job.func`` is
     replaced: ``job.func_ref``, which is what gets stored, is unchanged.
+
+    An ``async def`` function stays a coroutine function for executors that
+    await coroutines (``awaits_coroutines``: APScheduler's asyncio and tornado
+    executors). Any other executor would call it and drop the coroutine
+    without running it, so there it runs to completion with ``asyncio.run``.
     """
     func = job.func
     job_id = job.id
+    if inspect.iscoroutinefunction(func) and not awaits_coroutines:
+
+        @functools.wraps(func)
+        def run_coroutine(*args: Any, **kwargs: Any) -> Any:
+            _note_start(job_id, _caller_run_time())
+            close_old_connections()
+            try:
+                return asyncio.run(func(*args, **kwargs))
+            finally:
+                close_old_connections()
+
+        job.func = run_coroutine
+        return
     if inspect.iscoroutinefunction(func):
 
         @functools.wraps(func)

@@ -134,6 +134,21 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def _in_dispatch(self) -> bool:
         return self._round_thread == threading.get_ident()
 
+    def _awaits_coroutines(self, executor_alias: str) -> bool:
+        """True if the job's executor awaits coroutine functions itself."""
+        executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
+        if executor is None:
+            return False
+        from apscheduler.executors.asyncio import AsyncIOExecutor
+
+        if isinstance(executor, AsyncIOExecutor):
+            return True
+        try:
+            from apscheduler.executors.tornado import TornadoExecutor
+        except ImportError:  # tornado is not installed
+            return False
+        return isinstance(executor, TornadoExecutor)
+
     def _dispatched(self, job_id: str) -> bool:
         """True when the scheduler's loop handles ``job_id`` in its current round.
 
@@ -251,7 +266,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         for job_id, job_state in self._run(query, "get due jobs"):
             job = self._restore(job_id, job_state) if job_state else None
             if job is not None:
-                executions.instrument(job)
+                executions.instrument(job, self._awaits_coroutines(job.executor))
                 jobs.append(job)
         self._round_ids = {job.id for job in jobs}
         return jobs

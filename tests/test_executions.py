@@ -311,18 +311,19 @@ def test_max_instances_is_logged(make_scheduler):
     assert DjangoJobExecution.MAX_INSTANCES in statuses
 
 
-def test_instrumented_coroutine_job_stays_a_coroutine_function():
-    # APScheduler's AsyncIOExecutor only awaits coroutine functions; the wrapper
-    # that notes the start of a run must keep a coroutine function one.
+def test_instrumented_coroutine_job_stays_a_coroutine_function_only_where_awaited():
+    # APScheduler's AsyncIOExecutor only awaits coroutine functions; elsewhere the
+    # wrapper must run the coroutine itself.
     import inspect
 
     from apscheduler.job import Job
 
-    job = Job.__new__(Job)
-    job.id = "a"
-    job.func = jobs.async_record
-    executions.instrument(job)
-    assert inspect.iscoroutinefunction(job.func)
+    for awaited in (True, False):
+        job = Job.__new__(Job)
+        job.id = "a"
+        job.func = jobs.async_record
+        executions.instrument(job, awaits_coroutines=awaited)
+        assert inspect.iscoroutinefunction(job.func) is awaited
 
 
 @pytestmark_tx
@@ -346,3 +347,33 @@ def test_events_of_other_job_stores_are_not_logged(make_scheduler):
     wait_until(lambda: jobs.calls)
     scheduler.shutdown(wait=True)
     assert logged("same-id") == []
+
+
+@pytestmark_tx
+def test_async_job_functions_run_in_the_thread_pool(make_scheduler):
+    scheduler = make_scheduler()
+    now = datetime.now(UTC)
+    scheduler.add_job(jobs.async_record, "date", run_date=now, id="a-ok", args=["a-ok"])
+    scheduler.add_job(jobs.async_fail, "date", run_date=now, id="a-bad", args=["nope"])
+    wait_until(lambda: logged("a-ok", DjangoJobExecution.SUCCESS))
+    wait_until(lambda: logged("a-bad", DjangoJobExecution.ERROR))
+    assert [tag for tag, _ in jobs.calls] == ["a-ok"]
+    assert only_row("a-bad").exception == "nope"
+
+
+def test_async_job_functions_stay_coroutines_for_asyncio_executors():
+    import asyncio
+
+    from apscheduler.executors.asyncio import AsyncIOExecutor
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    loop = asyncio.new_event_loop()
+    try:
+        scheduler = AsyncIOScheduler(event_loop=loop, executors={"default": AsyncIOExecutor()})
+        store = DjangoJobStore()
+        store._scheduler = scheduler
+        scheduler._executors["default"] = AsyncIOExecutor()
+        assert store._awaits_coroutines("default")
+        assert not DjangoJobStore()._awaits_coroutines("default")
+    finally:
+        loop.close()
