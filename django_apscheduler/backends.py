@@ -37,32 +37,43 @@ class PostgreSQLBackend(Backend):
     vendor = "postgresql"
 
     # SQLSTATE classes and codes after which a retry on a new connection can succeed:
-    # connection exceptions (08), admin/crash shutdown and "cannot connect now" (57P0x),
-    # serialization failure and deadlock (40001, 40P01), lock not available (55P03).
+    # connection exceptions (08), "too many connections" (53300), the server ending the
+    # session (57P01 admin shutdown / pg_terminate_backend, 57P02 crash shutdown,
+    # 57P03 cannot connect now, 57P05 idle_session_timeout, 25P03
+    # idle_in_transaction_session_timeout), serialization failure and deadlock
+    # (40001, 40P01), lock not available (55P03).
     _RETRY_CLASSES = ("08",)
-    _RETRY_CODES = ("57P01", "57P02", "57P03", "40001", "40P01", "55P03")
+    _RETRY_CODES = frozenset(
+        {"53300", "57P01", "57P02", "57P03", "57P05", "25P03", "40001", "40P01", "55P03"}
+    )
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, InterfaceError):
             return True
         if not isinstance(exc, OperationalError):
             return False
-        sqlstate = getattr(exc.__cause__, "sqlstate", None) or getattr(
-            exc.__cause__, "pgcode", None
-        )
+        cause = exc.__cause__
+        sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
         if sqlstate is None:
             # Raised by the driver itself: the connection broke with no server answer.
             return True
-        return sqlstate.startswith(self._RETRY_CLASSES) or sqlstate in self._RETRY_CODES
+        if sqlstate.startswith(self._RETRY_CLASSES) or sqlstate in self._RETRY_CODES:
+            return True
+        # A FATAL (or PANIC) error always ends the session, whatever its code: the
+        # server dropped the connection, so a new one may well succeed.
+        diag = getattr(cause, "diag", None)
+        severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", None)
+        return severity in ("FATAL", "PANIC")
 
 
 class MySQLBackend(Backend):
     vendor = "mysql"
 
-    # 1053 server shutdown, 1205 lock wait timeout, 1213 deadlock, 1927 connection
-    # killed (MariaDB), 2002/2003 cannot connect, 2006 server has gone away,
-    # 2013 lost connection during query, 4031 disconnected for inactivity.
-    _RETRY_CODES = frozenset({1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 4031})
+    # 1040 too many connections, 1053 server shutdown, 1205 lock wait timeout,
+    # 1213 deadlock, 1927 connection killed (MariaDB), 2002/2003 cannot connect,
+    # 2006 server has gone away, 2013 lost connection during query, 2055 lost
+    # connection (system error), 4031 disconnected for inactivity (MySQL 8).
+    _RETRY_CODES = frozenset({1040, 1053, 1205, 1213, 1927, 2002, 2003, 2006, 2013, 2055, 4031})
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, InterfaceError):

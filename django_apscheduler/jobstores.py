@@ -373,11 +373,17 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 logger.info("Job %r was removed while it was being dispatched", job_id)
             return
 
+        attempts = 0
+
         def delete() -> int:
+            nonlocal attempts
+            attempts += 1
             using = self._db
             with transaction.atomic(using=using):
                 deleted, _ = DjangoJob.objects.using(using).filter(id=job_id).delete()
-                return deleted
+            # Nothing to delete on a retry: the first attempt's commit may have gone
+            # through before the connection broke. Either way the job is gone.
+            return deleted or int(attempts > 1)
 
         if not self._run(delete, f"remove job {job_id!r}"):
             raise JobLookupError(job_id)
