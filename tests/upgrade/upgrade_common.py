@@ -92,7 +92,16 @@ def _vendor_ddl():
 
 def schema_snapshot():
     """Columns, constraints, indexes and sequences of both tables."""
-    snapshot = {"vendor": connection.vendor, "ddl": plain(_vendor_ddl())}
+    import django
+
+    # "ddl" is the database's own description and must match exactly. Django's
+    # introspection is recorded as well, but its shape depends on the Django
+    # version, so it is only comparable between runs of the same version.
+    snapshot = {
+        "vendor": connection.vendor,
+        "ddl": plain(_vendor_ddl()),
+        "django": "{}.{}".format(*django.VERSION[:2]),
+    }
     introspection = connection.introspection
     with connection.cursor() as cursor:
         for table in TABLES:

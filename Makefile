@@ -1,0 +1,65 @@
+# Development commands. Each one creates or updates its virtual environment first.
+#
+#   make demo        run the example project's scheduler on SQLite (Ctrl-C stops it)
+#   make test        ruff, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
+#   make lint        ruff check and ruff format --check
+#
+# Variables:
+#   PYTHON=3.12            Python version (or an interpreter command/path); default 3.11
+#   DJANGO=6               Django series ("4.2", "5.2", "6") or a requirement; default 5.2
+#   VENV=dir               the environment (default .venv, or .venv-py<PYTHON>-django<DJANGO>)
+#   BACKENDS=sqlite,...    the backends make test runs (default: all three)
+#   REQUIRE_BACKENDS=1     an unreachable database server fails instead of being skipped
+#   PARALLEL=1             run the backends at the same time (output printed at the end)
+#   TEST_TIMEOUT=seconds   the most one pytest run may take
+#   ARGS="-k store -x"     passed to pytest
+#   DEMO_SECONDS=30        make demo stops after that many seconds
+
+PYTHON ?= 3.11
+DJANGO ?= 5.2
+ifeq ($(PYTHON)/$(DJANGO),3.11/5.2)
+VENV ?= .venv
+else
+VENV ?= .venv-py$(notdir $(PYTHON))-django$(subst $(space),,$(subst <,,$(subst >,,$(subst =,,$(subst $(comma),_,$(DJANGO))))))
+endif
+BACKENDS ?= sqlite,postgres,mariadb
+REQUIRE_BACKENDS ?=
+PARALLEL ?=
+TEST_TIMEOUT ?=
+ARGS ?=
+DEMO_SECONDS ?=
+
+comma := ,
+space := $(subst ,, )
+is_true = $(filter 1 yes true on,$(1))
+VPY = $(VENV)/bin/python
+TEST_FLAGS = --backends "$(BACKENDS)" \
+	$(if $(call is_true,$(REQUIRE_BACKENDS)),--require) \
+	$(if $(call is_true,$(PARALLEL)),--parallel) \
+	$(if $(TEST_TIMEOUT),--timeout $(TEST_TIMEOUT))
+
+.PHONY: help venv demo test lint format clean
+
+help:
+	@sed -n '1,/^$$/s/^# \{0,1\}//p' Makefile
+
+venv:
+	@py=$$(scripts/find-python "$(PYTHON)") && "$$py" scripts/bootstrap.py --venv "$(VENV)" --django "$(DJANGO)"
+
+demo: venv
+	$(VPY) manage.py migrate --no-input
+	$(VPY) -u manage.py runapscheduler $(if $(DEMO_SECONDS),--seconds $(DEMO_SECONDS))
+
+test: venv
+	$(VPY) scripts/runtests.py $(strip $(TEST_FLAGS)) -- $(ARGS)
+
+lint: venv
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+format: venv
+	$(VPY) -m ruff check --fix .
+	$(VPY) -m ruff format .
+
+clean:
+	rm -rf .venv .venv-py* .cache .pytest_cache .ruff_cache django_apscheduler.egg-info

@@ -1,0 +1,1 @@
+"""A small Django project that runs django-apscheduler's demo scheduler."""

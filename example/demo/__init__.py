@@ -1,0 +1,1 @@
+"""The demo app: job functions and the ``runapscheduler`` management command."""
