@@ -8,6 +8,8 @@ default, a file so that other processes can share it), ``postgres`` or
 import os
 import tempfile
 
+from tests.dbsettings import database
+
 BACKEND = os.environ.get("DJANGO_APSCHEDULER_TEST_DB", "sqlite")
 SUFFIX = os.environ.get("DJANGO_APSCHEDULER_TEST_DB_SUFFIX", "")
 NAME = f"django_apscheduler{SUFFIX}"
@@ -17,42 +19,12 @@ if BACKEND == "sqlite":
         tempfile.gettempdir(), f"django_apscheduler_tests{SUFFIX}"
     )
     os.makedirs(_dir, exist_ok=True)
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.path.join(_dir, "db.sqlite3"),
-            "OPTIONS": {"timeout": 20},
-            "TEST": {"NAME": os.path.join(_dir, "test.sqlite3")},
-        }
-    }
-elif BACKEND == "postgres":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": NAME,
-            "USER": os.environ.get("PGUSER", "postgres"),
-            "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-            "PORT": os.environ.get("PGPORT", "5432"),
-        }
-    }
-elif BACKEND == "mariadb":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.mysql",
-            "NAME": NAME,
-            "USER": os.environ.get("MYSQL_USER", "root"),
-            "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
-            "HOST": os.environ.get("MYSQL_HOST", "127.0.0.1"),
-            "PORT": os.environ.get("MYSQL_PORT", "3306"),
-            "OPTIONS": {"charset": "utf8mb4"},
-            "TEST": {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
-        }
-    }
+    DATABASES = {"default": database(BACKEND, os.path.join(_dir, "db.sqlite3"))}
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_dir, "test.sqlite3")}
 else:
-    raise RuntimeError(
-        f"DJANGO_APSCHEDULER_TEST_DB={BACKEND!r}: use 'sqlite', 'postgres' or 'mariadb'"
-    )
+    DATABASES = {"default": database(BACKEND, NAME)}
+    if BACKEND == "mariadb":
+        DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
 
 SECRET_KEY = "tests-only"
 DEBUG = False

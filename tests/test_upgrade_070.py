@@ -249,7 +249,9 @@ def test_070_database_upgrades_in_place(tmp_path, database):
     # 1. django-apscheduler 0.7.0 builds the database. Only tests/upgrade is on
     #    its path (not the repository), so it cannot see our package.
     legacy_env = _clean_env(
-        **db_env, PYTHONPATH=str(SCRIPTS), DJA_UPGRADE_MARKERS=str(legacy_markers)
+        **db_env,
+        PYTHONPATH=os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent)]),
+        DJA_UPGRADE_MARKERS=str(legacy_markers),
     )
     _run(
         [python070, SCRIPTS / "legacy_create.py", tmp_path / "legacy.json"],
@@ -263,7 +265,7 @@ def test_070_database_upgrades_in_place(tmp_path, database):
     sql_log = tmp_path / "migrate.sql.log"
     our_env = _clean_env(
         **db_env,
-        PYTHONPATH=os.pathsep.join([str(SCRIPTS), str(REPO)]),
+        PYTHONPATH=os.pathsep.join([str(SCRIPTS), str(SCRIPTS.parent), str(REPO)]),
         DJA_UPGRADE_MARKERS=str(our_markers),
     )
     migrate = _run(

@@ -13,48 +13,17 @@ Environment variables, set by ``tests/test_upgrade_070.py``:
 ``DJA_UPGRADE_SQL_LOG``
     Optional: a file that receives every SQL statement Django runs.
 
-The server settings (``PGHOST``, ``MYSQL_HOST``, ...) are read as in
-``tests/settings.py``.
+The server entries come from ``tests/dbsettings.py``, as for the other tests.
 """
 
 import os
 
+from dbsettings import database  # tests/ is on the path of both sides
+
 BACKEND = os.environ.get("DJA_UPGRADE_DB", "sqlite")
 NAME = os.environ["DJA_UPGRADE_DB_NAME"]
 
-if BACKEND == "sqlite":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": NAME,
-            "OPTIONS": {"timeout": 20},
-        }
-    }
-elif BACKEND == "postgres":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": NAME,
-            "USER": os.environ.get("PGUSER", "postgres"),
-            "PASSWORD": os.environ.get("PGPASSWORD", ""),
-            "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-            "PORT": os.environ.get("PGPORT", "5432"),
-        }
-    }
-elif BACKEND == "mariadb":
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.mysql",
-            "NAME": NAME,
-            "USER": os.environ.get("MYSQL_USER", "root"),
-            "PASSWORD": os.environ.get("MYSQL_PASSWORD", ""),
-            "HOST": os.environ.get("MYSQL_HOST", "127.0.0.1"),
-            "PORT": os.environ.get("MYSQL_PORT", "3306"),
-            "OPTIONS": {"charset": "utf8mb4"},
-        }
-    }
-else:
-    raise RuntimeError(f"DJA_UPGRADE_DB={BACKEND!r}: use 'sqlite', 'postgres' or 'mariadb'")
+DATABASES = {"default": database(BACKEND, NAME)}
 
 SECRET_KEY = "upgrade-test-only"
 USE_TZ = True
