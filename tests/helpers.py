@@ -7,6 +7,21 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
+#: The nine migrations of django-apscheduler 0.7.0, as ``django_migrations`` records them.
+OLD_MIGRATIONS = [
+    "0001_initial",
+    "0002_auto_20180412_0758",
+    "0003_auto_20200716_1632",
+    "0004_auto_20200717_1043",
+    "0005_migrate_name_to_id",
+    "0006_remove_djangojob_name",
+    "0007_auto_20200717_1404",
+    "0008_remove_djangojobexecution_started",
+    "0009_djangojobexecution_unique_job_executions",
+]
+#: Our migration that stands for them.
+SQUASHED = "0001_squashed_0009_djangojobexecution_unique_job_executions"
+
 
 def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05) -> T:
     """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout`` s.

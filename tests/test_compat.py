@@ -22,6 +22,7 @@ from django_apscheduler.jobstores import (
 )
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoJobExecutionManager
 from tests import jobs
+from tests.helpers import OLD_MIGRATIONS, SQUASHED
 
 
 def test_app_identity():
@@ -70,20 +71,8 @@ def test_squashed_migration_stands_for_the_nine_070_migrations():
     from django.db.migrations.loader import MigrationLoader
 
     loader = MigrationLoader(connection)
-    squashed = loader.disk_migrations[
-        ("django_apscheduler", "0001_squashed_0009_djangojobexecution_unique_job_executions")
-    ]
-    assert [name for _, name in squashed.replaces] == [
-        "0001_initial",
-        "0002_auto_20180412_0758",
-        "0003_auto_20200716_1632",
-        "0004_auto_20200717_1043",
-        "0005_migrate_name_to_id",
-        "0006_remove_djangojob_name",
-        "0007_auto_20200717_1404",
-        "0008_remove_djangojobexecution_started",
-        "0009_djangojobexecution_unique_job_executions",
-    ]
+    squashed = loader.disk_migrations[("django_apscheduler", SQUASHED)]
+    assert [name for _, name in squashed.replaces] == OLD_MIGRATIONS
     # A migrated test database records the nine names too, as 0.7.0 databases have them.
     applied = {name for app, name in loader.applied_migrations if app == "django_apscheduler"}
     assert {name for _, name in squashed.replaces} <= applied

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import OLD_MIGRATIONS, SQUASHED
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "tests" / "upgrade"
 CACHE = REPO / ".cache" / "upgrade-070"
@@ -36,18 +38,6 @@ SUFFIX = os.environ.get("DJANGO_APSCHEDULER_TEST_DB_SUFFIX", "")
 REQUIREMENTS = ["django-apscheduler==0.7.0", "Django>=5.2,<5.3", "APScheduler>=3.11,<3.12"]
 DRIVERS = {"sqlite": [], "postgres": ["psycopg[binary]>=3.1"], "mariadb": ["mysqlclient>=2.1"]}
 
-OLD_MIGRATIONS = [
-    "0001_initial",
-    "0002_auto_20180412_0758",
-    "0003_auto_20200716_1632",
-    "0004_auto_20200717_1043",
-    "0005_migrate_name_to_id",
-    "0006_remove_djangojob_name",
-    "0007_auto_20200717_1404",
-    "0008_remove_djangojobexecution_started",
-    "0009_djangojobexecution_unique_job_executions",
-]
-SQUASHED = "0001_squashed_0009_djangojobexecution_unique_job_executions"
 
 #: The jobs legacy_create.py stores, and the ones it leaves paused.
 JOB_IDS = {"interval", "cron", "with_args", "failing", "date_future", "paused", "protocol_2"}
