@@ -7,10 +7,36 @@ MariaDB and SQLite; any other vendor gets the portable defaults.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 from django.db import InterfaceError, OperationalError, connections, transaction
+from django.db.models import QuerySet
+
+logger = logging.getLogger(__name__)
+
+#: The PostgreSQL channel on which job changes are announced.
+CHANNEL = "django_apscheduler"
+
+
+class Listener:
+    """A connection of its own that receives change notifications (PostgreSQL only).
+
+    ``fileno()`` becomes readable when a notification (or the connection's
+    end) arrives; ``drain()`` then returns how many arrived and raises if the
+    connection is gone, after which the listener is closed and a new one is
+    needed.
+    """
+
+    def fileno(self) -> int:
+        raise NotImplementedError
+
+    def drain(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
 
 class Backend:
@@ -31,6 +57,32 @@ class Backend:
         the data (a missing table, a bad value) are not.
         """
         return isinstance(exc, InterfaceError)
+
+    def lock_unclaimed(self, queryset: QuerySet, using: str) -> QuerySet:
+        """Lock the rows ``queryset`` selects, skipping rows another transaction holds.
+
+        Used inside :meth:`write_transaction` to claim due jobs: two schedulers
+        claiming at once each get rows the other did not lock, instead of
+        waiting for each other. Where the database cannot skip locked rows, the
+        rows are locked and the second claimer waits.
+        """
+        features = connections[using].features
+        if not features.has_select_for_update:
+            return queryset
+        if features.has_select_for_update_skip_locked:
+            return queryset.select_for_update(skip_locked=True)
+        return queryset.select_for_update()
+
+    def notify(self, using: str) -> None:
+        """Announce that jobs changed, to schedulers listening (no-op where nobody can listen).
+
+        Called inside the transaction that made the change: the announcement
+        goes out when that transaction commits, and not at all if it rolls back.
+        """
+
+    def listener(self, using: str) -> Listener | None:
+        """Open a :class:`Listener` for job-change announcements, or None if unsupported."""
+        return None
 
 
 class PostgreSQLBackend(Backend):
@@ -64,6 +116,53 @@ class PostgreSQLBackend(Backend):
         diag = getattr(cause, "diag", None)
         severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", None)
         return severity in ("FATAL", "PANIC")
+
+    def notify(self, using: str) -> None:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [CHANNEL])
+
+    def listener(self, using: str) -> Listener | None:
+        return _PostgreSQLListener(using)
+
+
+class _PostgreSQLListener(Listener):
+    """``LISTEN`` on a dedicated connection, outside Django's per-thread connections."""
+
+    def __init__(self, using: str) -> None:
+        self._wrapper = connections.create_connection(using)
+        try:
+            self._wrapper.ensure_connection()
+            self._wrapper.set_autocommit(True)
+            with self._wrapper.cursor() as cursor:
+                cursor.execute(f'LISTEN "{CHANNEL}"')
+        except BaseException:
+            self.close()
+            raise
+        self._raw: Any = self._wrapper.connection
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def drain(self) -> int:
+        pgconn = getattr(self._raw, "pgconn", None)
+        if pgconn is not None:  # psycopg 3: read the notifications straight from libpq
+            pgconn.consume_input()
+            count = 0
+            while pgconn.notifies() is not None:
+                count += 1
+            if pgconn.status != 0:  # CONNECTION_OK
+                raise OperationalError("the LISTEN connection was closed")
+            return count
+        self._raw.poll()  # psycopg2
+        count = len(self._raw.notifies)
+        del self._raw.notifies[:]
+        return count
+
+    def close(self) -> None:
+        try:
+            self._wrapper.close()
+        except Exception:  # already broken: nothing left to close
+            logger.debug("Closing the LISTEN connection failed", exc_info=True)
 
 
 class MySQLBackend(Backend):

@@ -20,6 +20,21 @@ DEFAULTS: dict[str, Any] = {
     # lost before it gives up (the scheduler's own dispatch loop never gives up
     # while the scheduler runs).
     "APSCHEDULER_DB_RETRY_TIMEOUT": 30,
+    # Seconds a scheduler instance holds a job it has taken from the database
+    # (while it dispatches it, and for as long as the job runs in it). An
+    # instance that stops heartbeating loses its jobs to the others after this
+    # long, and its unfinished runs are marked "Interrupted".
+    "APSCHEDULER_LEASE_TIME": 10,
+    # Seconds between two heartbeats of a scheduler instance; each one also
+    # extends the leases it holds. Must be well below the lease time.
+    "APSCHEDULER_HEARTBEAT_INTERVAL": 4,
+    # Seconds between two checks, by every running scheduler, for jobs that
+    # another process added or changed (one indexed query). On PostgreSQL such
+    # changes also arrive at once through LISTEN/NOTIFY.
+    "APSCHEDULER_POLL_INTERVAL": 2,
+    # Most due jobs one scheduler takes from the database in one dispatch round;
+    # the rest wait for its next round or go to other schedulers.
+    "APSCHEDULER_DISPATCH_BATCH_SIZE": 500,
 }
 
 

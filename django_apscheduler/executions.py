@@ -83,6 +83,7 @@ class Record:
     traceback: str | None = None
     started: float | None = None  # POSIX time the job function was entered
     finished: float | None = None  # POSIX time the run ended
+    instance: str | None = None  # the scheduler instance that submitted the run
     key: tuple[str, datetime] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,7 +103,7 @@ class Record:
         ):
             return None
         start = self.started if self.started is not None else self.run_time.timestamp()
-        return _decimal(max(self.finished - start, 0.0))
+        return decimal_seconds(max(self.finished - start, 0.0))
 
     def merge(self, later: Record) -> Record:
         """Combine this record with a ``later`` one for the same run."""
@@ -113,6 +114,8 @@ class Record:
             later.traceback = later.traceback or self.traceback
         if later.started is None:
             later.started = self.started
+        if later.instance is None:
+            later.instance = self.instance
         return later
 
     def apply(self, row: DjangoJobExecution) -> bool:
@@ -120,7 +123,7 @@ class Record:
         if not self.is_final:
             return False
         row.status = self.status
-        row.finished = None if self.finished is None else _decimal(self.finished)
+        row.finished = None if self.finished is None else decimal_seconds(self.finished)
         row.duration = self.duration()
         if self.exception:
             row.exception = self.exception
@@ -129,12 +132,15 @@ class Record:
         return True
 
     def new_row(self) -> DjangoJobExecution:
-        row = DjangoJobExecution(job_id=self.job_id, run_time=self.run_time, status=self.status)
+        row = DjangoJobExecution(
+            job_id=self.job_id, run_time=self.run_time, status=self.status, instance=self.instance
+        )
         self.apply(row)
         return row
 
 
-def _decimal(value: float) -> Decimal:
+def decimal_seconds(value: float) -> Decimal:
+    """Seconds as stored in ``duration`` and ``finished``: two decimal places."""
     return Decimal(f"{value:.2f}")
 
 
@@ -490,15 +496,26 @@ def _flush_at_exit() -> None:
     _shutting_down = True
 
 
-def make_listener(jobstore_alias: Callable[[], str | None]) -> Callable[[Any], None]:
-    """Return a scheduler listener that records the events of one job store's jobs."""
+def make_listener(
+    jobstore_alias: Callable[[], str | None],
+    instance: Callable[[], str | None] = lambda: None,
+) -> Callable[[Any], None]:
+    """Return a scheduler listener that records the events of one job store's jobs.
+
+    ``instance`` names the scheduler instance the runs are credited to (so
+    the runs of an instance that dies can be marked "Interrupted").
+    """
 
     def listener(event: JobSubmissionEvent | JobExecutionEvent) -> None:
         if event.jobstore != jobstore_alias():
             return
         try:
             started = pop_start(event.job_id, getattr(event, "scheduled_run_time", None))
-            recorder.submit(records_from_event(event, started))
+            records = records_from_event(event, started)
+            name = instance()
+            for record in records:
+                record.instance = name
+            recorder.submit(records)
         except Exception:
             logger.exception("Could not record event %r of job %r", event, event.job_id)
 

@@ -17,19 +17,24 @@ from typing import Any, Callable
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.schedulers.base import STATE_STOPPED
-from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
+from apscheduler.triggers.interval import IntervalTrigger
+from django.db import IntegrityError, connections, router
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_apscheduler import db, executions, util
+from django_apscheduler import backends, conf, coordination, db, executions, util
 from django_apscheduler.exceptions import UnrestorableJobError
-from django_apscheduler.models import DjangoJob, DjangoJobExecution
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 logger = logging.getLogger(__name__)
 
 #: Seconds after which a job that could not be restored is tried again.
 BROKEN_RETRY_INTERVAL = 60.0
+
+#: ``version`` plus one; a row written by code that predates the column has NULL.
+NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
 
 
 def restore_job(job_state: bytes | memoryview) -> Job:
@@ -66,8 +71,13 @@ class DjangoResultStoreMixin:
     def register_event_listeners(self) -> None:
         """Record the runs of this store's jobs through the scheduler's listeners."""
         self._scheduler.add_listener(
-            executions.make_listener(lambda: self._alias), executions.EVENT_MASK
+            executions.make_listener(lambda: self._alias, self._instance_for_records),
+            executions.EVENT_MASK,
         )
+
+    def _instance_for_records(self) -> str | None:
+        """The scheduler instance this store's runs are credited to, if any."""
+        return None
 
     @classmethod
     def _handle(cls, event: Any) -> int | None:
@@ -100,6 +110,11 @@ class DjangoResultStoreMixin:
 class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     """Stores jobs in the ``DjangoJob`` table of the database Django routes it to.
 
+    Any number of processes may run schedulers on this store against one
+    database: each fire of each job is dispatched by one of them (see
+    :mod:`django_apscheduler.coordination`). A scheduler started paused
+    writes jobs without ever dispatching them.
+
     :param pickle_protocol: pickle protocol used for the job state.
     """
 
@@ -117,6 +132,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # Set by shutdown(): the scheduler's loop may still run one last round
         # after it stopped the stores, which must not reopen a connection.
         self._stopped = False
+        self._coordinator = coordination.Coordinator(self)
+        # Set by add_job() when the id exists: APScheduler's replace_existing
+        # then calls update_job() with the same job, from the same thread.
+        self._replacing = threading.local()
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__}(pickle_protocol={self.pickle_protocol})>"
@@ -171,6 +190,21 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             description=description,
             keep_trying=(lambda: patient and self._scheduler_running()),
         )
+
+    def _instance_for_records(self) -> str | None:
+        return self._coordinator.instance_id
+
+    def _running_here(self, job_id: str, executor_alias: str | None) -> bool:
+        """True while an executor of this process still runs (or queues) ``job_id``."""
+        if executor_alias is None:
+            return False
+        executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
+        return bool(getattr(executor, "_instances", {}).get(job_id))
+
+    def _wake_scheduler(self) -> None:
+        scheduler = getattr(self, "_scheduler", None)
+        if scheduler is not None and scheduler.state == STATE_RUNNING and not self._stopped:
+            scheduler.wakeup()
 
     def _state(self, job: Job) -> bytes:
         return pickle.dumps(job.__getstate__(), self.pickle_protocol)
@@ -250,24 +284,21 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return []
         self._round_thread = threading.get_ident()
         self._dispatch_connection = connections[self._db]
+        self._coordinator.ensure_running()
         broken = self._known_broken()
-        now = util.get_django_internal_datetime(now)  # type: ignore[assignment]
-
-        def query() -> list[tuple[str, Any]]:
-            rows = (
-                DjangoJob.objects.using(self._db)
-                .filter(next_run_time__lte=now)
-                .exclude(id__in=broken)
-                .order_by("next_run_time", "id")
-            )
-            return list(rows.values_list("id", "job_state"))
+        due_by = util.get_django_internal_datetime(now)
+        limit = int(conf.get("APSCHEDULER_DISPATCH_BATCH_SIZE"))
+        claims = self._coordinator.claim(due_by, broken, limit)  # type: ignore[arg-type]
 
         jobs = []
-        for job_id, job_state in self._run(query, "get due jobs"):
-            job = self._restore(job_id, job_state) if job_state else None
-            if job is not None:
-                executions.instrument(job, self._awaits_coroutines(job.executor))
-                jobs.append(job)
+        for claim in claims:
+            job = self._restore(claim.job_id, claim.job_state)
+            if job is None:
+                # Perhaps another process can restore it (a deploy in progress).
+                self._coordinator.settle(claim.job_id, None)
+                continue
+            executions.instrument(job, self._awaits_coroutines(job.executor))
+            jobs.append(job)
         self._round_ids = {job.id for job in jobs}
         return jobs
 
@@ -277,29 +308,32 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if self._stopped:
             self._round_thread = None
             return None
+        if in_round:
+            self._coordinator.end_round()
         broken = self._known_broken()
+        coordinator = self._coordinator
+        instance = coordinator.instance_id or ""
+        using = self._db
 
-        def query() -> datetime | None:
-            return (
-                DjangoJob.objects.using(self._db)
-                .filter(next_run_time__isnull=False)
-                .exclude(id__in=broken)
-                .order_by("next_run_time")
-                .values_list("next_run_time", flat=True)
-                .first()
-            )
-
-        try:
-            next_run_time = self._run(query, "get the next run time")
-        finally:
-            if in_round:
-                self._round_thread = None
-                self._round_ids = set()
-        if next_run_time is None:
-            return None
-        if timezone.is_naive(next_run_time):
-            next_run_time = timezone.make_aware(next_run_time)
-        return next_run_time.astimezone(self._scheduler.timezone)
+        # Under the wake lock: the poll compares what the database holds with
+        # the time reported here, never with an older one.
+        with coordinator.wake_lock:
+            try:
+                next_run_time = self._run(
+                    lambda: coordination.earliest_claimable(using, instance, broken),
+                    "get the next run time",
+                )
+            finally:
+                if in_round:
+                    self._round_thread = None
+                    self._round_ids = set()
+            if next_run_time is not None:
+                if timezone.is_naive(next_run_time):
+                    next_run_time = timezone.make_aware(next_run_time)
+                next_run_time = next_run_time.astimezone(self._scheduler.timezone)
+            coordinator.reported_next = next_run_time
+            coordinator.has_reported = True
+        return next_run_time
 
     def get_all_jobs(self) -> list[Job]:
         jobs = self._get_jobs()
@@ -309,19 +343,22 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def add_job(self, job: Job) -> DjangoJob:
         state = self._state(job)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
+        using = self._db
+        backend = backends.for_alias(using)
         attempts = 0
 
         def insert() -> DjangoJob:
             nonlocal attempts
             attempts += 1
-            using = self._db
             try:
-                with transaction.atomic(using=using):
-                    return DjangoJob.objects.using(using).create(
+                with backend.write_transaction(using):
+                    row = DjangoJob.objects.using(using).create(
                         id=job.id, next_run_time=next_run_time, job_state=state
                     )
+                    backend.notify(using)
+                    return row
             except IntegrityError:
-                with transaction.atomic(using=using):
+                with backend.write_transaction(using):
                     row = (
                         DjangoJob.objects.using(using).select_for_update().filter(id=job.id).first()
                     )
@@ -331,56 +368,202 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                         # A finished one-shot job's record, or our own insert whose
                         # commit was confirmed only by this retry: take it over.
                         row.next_run_time, row.job_state = next_run_time, state
+                        row.acquired_by = row.acquired_until = None
+                        row.version = (row.version or 0) + 1
                         row.save(using=using)
+                        backend.notify(using)
                         return row
+                self._replacing.job = job
                 raise ConflictingIdError(job.id) from None
 
+        self._replacing.job = None
         row = self._run(insert, f"add job {job.id!r}")
         self._forget_broken(job.id)
         return row
 
     def update_job(self, job: Job) -> None:
+        if self._dispatched(job.id):
+            self._write_back(job, finished=False)
+            return
+        replacing = getattr(self._replacing, "job", None) is job
+        self._replacing.job = None
         state = self._state(job)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
+        using = self._db
+        backend = backends.for_alias(using)
 
         def update() -> int:
-            return (
-                DjangoJob.objects.using(self._db)
-                .filter(id=job.id)
-                .update(next_run_time=next_run_time, job_state=state)
-            )
+            with backend.write_transaction(using):
+                if replacing and self._keeps_schedule(job, using):
+                    return 1
+                written = (
+                    DjangoJob.objects.using(using)
+                    .filter(id=job.id)
+                    .update(next_run_time=next_run_time, job_state=state, version=NEXT_VERSION)
+                )
+                if written:
+                    backend.notify(using)
+                return written
 
         if not self._run(update, f"update job {job.id!r}"):
-            if self._dispatched(job.id):
-                logger.info("Job %r was removed while it was being dispatched", job.id)
-                return
             raise JobLookupError(job.id)
         self._forget_broken(job.id)
+
+    def _keeps_schedule(self, job: Job, using: str) -> bool:
+        """True if re-adding ``job`` (``replace_existing``) must leave its stored row alone.
+
+        Every process of a deployment typically re-adds the same jobs at
+        start-up, each with a next run time of its own making. When the stored
+        job has the same definition and is scheduled, its next run time is
+        kept: it may already stand past a fire another scheduler dispatched, and
+        writing an earlier one would repeat that fire. It is replaced only when
+        no scheduler would run the stored time (it is past, unclaimed, and no
+        scheduler instance is alive: the stored time is from before a downtime).
+        """
+        row = (
+            DjangoJob.objects.using(using)
+            .select_for_update()
+            .filter(id=job.id)
+            .values("job_state", "next_run_time", "acquired_by", "acquired_until")
+            .first()
+        )
+        if row is None or not row["job_state"] or row["next_run_time"] is None:
+            return False
+        if not _same_definition(bytes(row["job_state"]), job, self.pickle_protocol):
+            return False
+        now = timezone.now()
+        if row["next_run_time"] > now:
+            return True
+        if row["acquired_by"] and row["acquired_until"] and row["acquired_until"] >= now:
+            return True
+        cutoff = now - coordination.lease_time()
+        return (
+            DjangoSchedulerInstance.objects.using(using).filter(last_heartbeat__gte=cutoff).exists()
+        )
+
+    def _write_back(self, job: Job, finished: bool) -> None:
+        """Write what the dispatch of ``job`` changed and release its claim, unless beaten to it.
+
+        The write only lands if the row is as it was when claimed (same
+        version, still ours). Otherwise someone changed the job meanwhile:
+        a removal, pause or reschedule elsewhere wins; a change that left the
+        next run time alone (new arguments, say) is kept, with the next run
+        time advanced past the fire just dispatched.
+        """
+        coordinator = self._coordinator
+        claim = coordinator.claims.get(job.id)
+        instance = coordinator.instance_id
+        keep = not finished and self._running_here(job.id, job.executor)
+        state = b"" if finished else self._state(job)
+        next_run_time = None if finished else util.get_django_internal_datetime(job.next_run_time)
+        using = self._db
+        backend = backends.for_alias(using)
+
+        def lease() -> dict[str, Any]:
+            if keep:
+                return {
+                    "acquired_by": instance,
+                    "acquired_until": timezone.now() + coordination.lease_time(),
+                }
+            return {"acquired_by": None, "acquired_until": None}
+
+        def write() -> str:
+            if claim is not None:
+                written = (
+                    DjangoJob.objects.using(using)
+                    .filter(id=job.id, acquired_by=instance, version=claim.version)
+                    .update(
+                        next_run_time=next_run_time,
+                        job_state=state,
+                        version=NEXT_VERSION,
+                        **lease(),
+                    )
+                )
+                if written:
+                    return "written"
+            with backend.write_transaction(using):
+                row = (
+                    DjangoJob.objects.using(using)
+                    .select_for_update()
+                    .filter(id=job.id)
+                    .values("job_state", "next_run_time", "acquired_by", "acquired_until")
+                    .first()
+                )
+                if row is None:
+                    return "removed"
+                now = timezone.now()
+                holder = row["acquired_by"]
+                if (
+                    holder not in (None, instance)
+                    and row["acquired_until"]
+                    and (row["acquired_until"] >= now)
+                ):
+                    return "taken"
+                unmoved = (
+                    claim is not None
+                    and row["job_state"]
+                    and row["next_run_time"] == claim.next_run_time
+                )
+                rows = DjangoJob.objects.using(using).filter(id=job.id)
+                if not unmoved:
+                    rows.update(**lease())
+                    return "changed"
+                if finished:
+                    new_state = b""
+                else:
+                    stored = pickle.loads(bytes(row["job_state"]))
+                    stored["next_run_time"] = job.next_run_time
+                    new_state = pickle.dumps(stored, self.pickle_protocol)
+                rows.update(
+                    next_run_time=next_run_time,
+                    job_state=new_state,
+                    version=NEXT_VERSION,
+                    **lease(),
+                )
+                return "merged"
+
+        try:
+            outcome = self._run(write, f"write back job {job.id!r}")
+        finally:
+            coordinator.settle(job.id, job.executor if keep else None)
+        if outcome == "removed":
+            logger.info("Job %r was removed while it was being dispatched", job.id)
+        elif outcome == "changed":
+            logger.info(
+                "Job %r was paused or rescheduled while it was being dispatched; that change "
+                "stands",
+                job.id,
+            )
+        elif outcome == "taken":
+            logger.warning(
+                "Job %r: this scheduler's claim expired during dispatch (it took longer than "
+                "APSCHEDULER_LEASE_TIME) and another scheduler took the job; its fire at %s may "
+                "run twice",
+                job.id,
+                claim.next_run_time if claim else "?",
+            )
 
     def remove_job(self, job_id: str) -> None:
         if self._dispatched(job_id):
             # The scheduler removes a job from its dispatch loop when its trigger
             # will not fire again. Keep an empty record, so the job's execution
             # history (still being written) survives.
-            def finish() -> int:
-                return (
-                    DjangoJob.objects.using(self._db)
-                    .filter(id=job_id)
-                    .update(next_run_time=None, job_state=b"")
-                )
-
-            if not self._run(finish, f"mark one-shot job {job_id!r} finished"):
-                logger.info("Job %r was removed while it was being dispatched", job_id)
+            job = Job.__new__(Job)
+            job.id, job.executor = job_id, None
+            self._write_back(job, finished=True)
             return
 
         attempts = 0
+        using = self._db
+        backend = backends.for_alias(using)
 
         def delete() -> int:
             nonlocal attempts
             attempts += 1
-            using = self._db
-            with transaction.atomic(using=using):
+            with backend.write_transaction(using):
                 deleted, _ = DjangoJob.objects.using(using).filter(id=job_id).delete()
+                if deleted:
+                    backend.notify(using)
             # Nothing to delete on a retry: the first attempt's commit may have gone
             # through before the connection broke. Either way the job is gone.
             return deleted or int(attempts > 1)
@@ -392,9 +575,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def remove_all_jobs(self) -> None:
         def delete() -> None:
             using = self._db
-            with transaction.atomic(using=using):
+            backend = backends.for_alias(using)
+            with backend.write_transaction(using):
                 DjangoJobExecution.objects.using(using).all().delete()
                 DjangoJob.objects.using(using).all().delete()
+                backend.notify(using)
 
         self._run(delete, "remove all jobs")
         self._broken.clear()
@@ -410,6 +595,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         self._stopped = True
         if not executions.recorder.release_connection(timeout=10):
             logger.warning("Job store shut down with job executions not yet recorded")
+        self._coordinator.stop()
         own = connections[self._db]
         dispatch, self._dispatch_connection = self._dispatch_connection, None
         if dispatch is not None and dispatch is not own:
@@ -419,6 +605,34 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             finally:
                 dispatch.dec_thread_sharing()
         own.close()
+
+
+def _definition(state: dict[str, Any], protocol: int) -> bytes:
+    """The part of a job's state that defines it: all but its next run time.
+
+    An interval trigger made without ``start_date`` gets "now + interval" as
+    its start, different in every process that creates it; that start only
+    sets the phase, which the stored next run time already fixes, so it is
+    left out. The state makes one round trip through pickle first, so equal
+    states give equal bytes whatever objects they shared.
+    """
+    state = pickle.loads(pickle.dumps(state, protocol))
+    state.pop("next_run_time", None)
+    trigger = state.get("trigger")
+    if isinstance(trigger, IntervalTrigger):
+        trigger_state = trigger.__getstate__()
+        trigger_state.pop("start_date", None)
+        state["trigger"] = ("interval", trigger_state)
+    return pickle.dumps(state, protocol)
+
+
+def _same_definition(stored_state: bytes, job: Job, protocol: int) -> bool:
+    """True if ``stored_state`` describes ``job`` in everything but its next run time."""
+    try:
+        stored = pickle.loads(stored_state)
+        return _definition(stored, protocol) == _definition(job.__getstate__(), protocol)
+    except Exception:  # cannot tell: treat as different, so the new definition is written
+        return False
 
 
 class DjangoMemoryJobStore(DjangoResultStoreMixin, MemoryJobStore):

@@ -32,6 +32,28 @@ class DjangoJob(models.Model):
         help_text=_("Date and time at which this job is scheduled to be executed next."),
     )
     job_state = models.BinaryField()
+    # Coordination between scheduler processes (see ``coordination``). Nullable,
+    # so rows written by older code stay valid.
+    acquired_by = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        db_index=True,
+        editable=False,
+        help_text=_("The scheduler instance that holds this job (dispatching or running it)."),
+    )
+    acquired_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the hold ends unless its scheduler instance renews it."),
+    )
+    # NULL counts as 0: no default, so adding the column rewrites no existing row.
+    version = models.PositiveIntegerField(
+        null=True,
+        editable=False,
+        help_text=_("Incremented by every write, so concurrent changes are detected."),
+    )
 
     class Meta:
         ordering = ("next_run_time",)
@@ -85,8 +107,9 @@ class DjangoJobExecution(models.Model):
     MISSED = "Missed!"
     MAX_INSTANCES = "Max instances!"
     ERROR = "Error!"
+    INTERRUPTED = "Interrupted"
 
-    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS]]
+    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS, INTERRUPTED]]
 
     id = models.BigAutoField(primary_key=True, help_text=_("Unique ID for this job execution."))
     job = models.ForeignKey(
@@ -124,6 +147,13 @@ class DjangoJobExecution(models.Model):
     traceback = models.TextField(
         null=True,
         help_text=_("Traceback of exception that occurred during job execution (if any)."),
+    )
+    instance = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text=_("The scheduler instance that submitted this run."),
     )
 
     objects = DjangoJobExecutionManager()
@@ -170,3 +200,26 @@ class DjangoJobExecution(models.Model):
         if execution_id is None:
             return None
         return cls.objects.using(router.db_for_write(cls)).get(pk=execution_id)
+
+
+class DjangoSchedulerInstance(models.Model):
+    """A scheduler process that dispatches jobs from this database, alive while it heartbeats.
+
+    A row is written when a scheduler takes its first jobs and deleted when it
+    shuts down. A row whose heartbeat is older than the lease time belongs to a
+    process that died: another scheduler marks its unfinished runs
+    "Interrupted" and deletes the row.
+    """
+
+    id = models.CharField(max_length=255, primary_key=True, help_text=_("host:pid:random"))
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    started = models.DateTimeField()
+    last_heartbeat = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ("started",)
+        verbose_name = _("scheduler instance")
+
+    def __str__(self) -> str:
+        return f"{self.id} (pid {self.pid} on {self.host})"

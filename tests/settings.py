@@ -5,6 +5,7 @@ default, a file so that other processes can share it), ``postgres`` or
 ``mariadb``. ``DJANGO_APSCHEDULER_TEST_DB_SUFFIX`` keeps parallel runs apart.
 """
 
+import json
 import os
 import tempfile
 
@@ -25,6 +26,11 @@ else:
     DATABASES = {"default": database(BACKEND, NAME)}
     if BACKEND == "mariadb":
         DATABASES["default"]["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+
+# The multi-process tests start scheduler processes on the test database
+# (whose name pytest-django chose) with some settings of their own.
+if os.environ.get("DJANGO_APSCHEDULER_TEST_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["DJANGO_APSCHEDULER_TEST_DB_NAME"]
 
 SECRET_KEY = "tests-only"
 DEBUG = False
@@ -71,3 +77,6 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_apscheduler": {"handlers": ["console"], "level": "WARNING"}},
 }
+
+# Settings of the scheduler processes that the multi-process tests start.
+globals().update(json.loads(os.environ.get("DJANGO_APSCHEDULER_TEST_SETTINGS") or "{}"))

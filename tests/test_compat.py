@@ -42,10 +42,14 @@ def test_status_values():
     assert DjangoJobExecution.MISSED == "Missed!"
     assert DjangoJobExecution.MAX_INSTANCES == "Max instances!"
     assert DjangoJobExecution.ERROR == "Error!"
+    # 0.7.0's three choices, in its order; "Interrupted" (runs of a scheduler
+    # process that died) is new in 0.8.0 and comes after them.
+    assert DjangoJobExecution.INTERRUPTED == "Interrupted"
     assert DjangoJobExecution.STATUS_CHOICES == [
         ("Started execution", "Started execution"),
         ("Error!", "Error!"),
         ("Executed", "Executed"),
+        ("Interrupted", "Interrupted"),
     ]
     assert isinstance(DjangoJobExecution.objects, DjangoJobExecutionManager)
 

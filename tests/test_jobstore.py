@@ -30,7 +30,8 @@ def store():
     scheduler = BackgroundScheduler(timezone="UTC")
     jobstore = DjangoJobStore()
     jobstore.start(scheduler, "default")
-    return jobstore
+    yield jobstore
+    jobstore.shutdown()
 
 
 def make_job(store, func=jobs.noop, *, id="job", trigger=None, next_run_time=None, **options):
@@ -200,18 +201,27 @@ def test_get_due_jobs_returns_due_jobs_in_order(store):
     assert store.get_due_jobs(at(5)) == []
 
 
-def test_get_due_jobs_is_one_query_on_next_run_time_loading_only_id_and_state(store):
+def test_get_due_jobs_claims_in_one_select_and_one_update(store, vendor):
     for i in range(5):
         store.add_job(make_job(store, id=f"j{i}", next_run_time=at(i)))
+    store.get_due_jobs(at(-100))  # the first call registers the scheduler instance
     with CaptureQueriesContext(connection) as queries:
         due = store.get_due_jobs(at(2))
     assert [j.id for j in due] == ["j0", "j1", "j2"]
-    assert len(queries) == 1
-    sql = queries[0]["sql"].lower()
-    select_list = sql.split(" from ")[0]
-    assert "job_state" in select_list and "id" in select_list
-    assert "next_run_time" not in select_list
-    assert "where" in sql and "next_run_time" in sql.split(" where ")[1]
+    bookkeeping = ("begin", "savepoint", "release savepoint")
+    statements = [q["sql"].lower() for q in queries]
+    statements = [sql for sql in statements if not sql.startswith(bookkeeping)]
+    assert len(statements) == 2, statements
+    select, update = statements
+    select_list = select.split(" from ")[0]
+    assert "job_state" in select_list and "version" in select_list
+    assert "where" in select and "next_run_time" in select.split(" where ")[1]
+    if vendor != "sqlite":
+        assert select.endswith("for update skip locked")
+    assert update.startswith("update") and "acquired_by" in update
+    instance = store._coordinator.instance_id
+    claimed = DjangoJob.objects.filter(acquired_by=instance).values_list("id", flat=True)
+    assert sorted(claimed) == ["j0", "j1", "j2"]
 
 
 def test_get_next_run_time(store):
@@ -261,11 +271,13 @@ def test_due_and_next_run_time_queries_use_the_next_run_time_index(store):
         )
         if connection.vendor == "mysql":
             cursor.fetchall()
+    store.get_due_jobs(at(-100))  # the first call registers the scheduler instance
     with CaptureQueriesContext(connection) as queries:
         assert len(store.get_due_jobs(at(10))) == 3
         assert store.get_next_run_time() == at(0)
-    assert len(queries) == 2
-    for query in queries:
+    selects = [q for q in queries if q["sql"].lower().startswith("select")]
+    assert len(selects) == 2, [q["sql"] for q in queries]
+    for query in selects:
         plan = _explain(query["sql"])
         assert "next_run_time" in plan, plan
 

@@ -5,8 +5,10 @@ environment (cached under ``.cache/``), creates a database on the backend
 under test (``DJANGO_APSCHEDULER_TEST_DB``): it runs its migrations, stores
 jobs through its DjangoJobStore and logs executions, from a real scheduler and
 through ``atomic_update_or_create``. Then our package takes that database
-over: ``django-admin migrate`` must not change it, every job must load, run
-and be logged, and every old execution row must still be there, unchanged.
+over: ``django-admin migrate`` may only add what 0.8.0's one new migration
+adds (columns, indexes and a table for coordinating several schedulers),
+every job must load, run and be logged, and every old execution row must
+still be there, unchanged.
 
 The scripts that run in the two environments live in ``tests/upgrade/``.
 """
@@ -42,6 +44,10 @@ DRIVERS = {"sqlite": [], "postgres": ["psycopg[binary]>=3.1"], "mariadb": ["mysq
 #: The jobs legacy_create.py stores, and the ones it leaves paused.
 JOB_IDS = {"interval", "cron", "with_args", "failing", "date_future", "paused", "protocol_2"}
 PAUSED = {"paused"}
+
+#: What our migrations after the squash add; all of it is new columns, indexes and a table.
+NEW_MIGRATIONS = ["0010_coordination"]
+ADDED = ("acquired_by", "acquired_until", "version", "instance", "djangoschedulerinstance")
 
 #: Bounds on the subprocesses (not speed checks).
 VENV_TIMEOUT = 900
@@ -263,13 +269,24 @@ def test_070_database_upgrades_in_place(tmp_path, database):
         env={**our_env, "DJA_UPGRADE_SQL_LOG": str(sql_log)},
         cwd=tmp_path,
     )
-    assert "No migrations to apply." in migrate.stdout
+    applied = re.findall(r"Applying django_apscheduler\.(\w+)", migrate.stdout)
+    assert applied == NEW_MIGRATIONS, migrate.stdout
     statements = _sql_statements(sql_log.read_text())
     assert any("django_migrations" in s for s in statements), "the SQL log stayed empty"
-    touching = [s for s in statements if "django_apscheduler_djangojob" in s]
-    assert not touching, "migrate touched the 0.7.0 tables:\n" + "\n".join(touching)
+    touching = [
+        s
+        for s in statements
+        if re.search(r"django_apscheduler_djangojob(execution)?\b", s)
+        and re.search(r"\b(ALTER|CREATE|DROP|DELETE|UPDATE|INSERT|TRUNCATE|RENAME)\b", s)
+    ]
+    additive = re.compile(r"(ALTER TABLE \S+ ADD COLUMN|CREATE INDEX) ", re.IGNORECASE)
+    destructive = [s for s in touching if not additive.search(s)]
+    assert not destructive, "migrate did more than add to the 0.7.0 tables:\n" + "\n".join(
+        destructive
+    )
     recorded = [s for s in statements if "INSERT INTO" in s and "django_migrations" in s]
-    assert len(recorded) == 1 and SQUASHED in recorded[0], recorded
+    assert len(recorded) == 2, recorded
+    assert any(SQUASHED in r for r in recorded) and any(NEW_MIGRATIONS[0] in r for r in recorded)
 
     # 3. Our package takes the database over and runs every job.
     check_out = tmp_path / "ours.json"
@@ -318,6 +335,53 @@ def _check_legacy(legacy: dict, markers: Path) -> None:
     assert ran == set(legacy["run_now"]), "0.7.0 ran other jobs than the ones made due"
 
 
+def _without_added(schema: dict) -> dict:
+    """``schema`` (see upgrade_common.schema_snapshot) minus what migration 0010 added.
+
+    Applied to both sides, so both get the same normalisation (MySQL's
+    trailing commas).
+    """
+
+    def mentions_added(value) -> bool:
+        return any(name in json.dumps(value) for name in ADDED)
+
+    def is_row(value) -> bool:
+        return isinstance(value, list) and not any(isinstance(x, (list, dict)) for x in value)
+
+    def strip(value, key: str = ""):
+        if isinstance(value, str):
+            # SQLite writes ALTER TABLE ... ADD COLUMN into the table's SQL text;
+            # MySQL's SHOW CREATE TABLE has one line per column and key.
+            value = re.sub(
+                r', "(acquired_by|acquired_until|version|instance)" .*?(?=, "|, CONSTRAINT |\)$)',
+                "",
+                value,
+            )
+            lines = [line for line in value.split("\n") if not mentions_added(line)]
+            return "\n".join(line.rstrip(",") for line in lines)
+        if isinstance(value, list):
+            # A row naming an added column, index, constraint or model goes; a
+            # row holding a whole table's DDL text only loses the added parts.
+            kept = [
+                item
+                for item in value
+                if not (
+                    is_row(item)
+                    and any(isinstance(x, str) and len(x) < 200 and mentions_added(x) for x in item)
+                )
+            ]
+            return [strip(item) for item in kept]
+        if isinstance(value, dict):
+            return {
+                k: strip(v, k)
+                for k, v in value.items()
+                if not mentions_added(k) and not (key == "constraints" and mentions_added(v))
+            }
+        return value
+
+    return strip(dict(schema))
+
+
 def _read_markers(folder: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
 
@@ -326,19 +390,22 @@ def _check_ours(legacy: dict, ours: dict) -> None:
     our_package = str(REPO / "django_apscheduler")
     assert ours["django_apscheduler"]["file"].startswith(our_package)
 
-    # The migration: counted as applied, nothing left, no model changes.
-    assert ours["migrations"] == OLD_MIGRATIONS + [SQUASHED]
+    # The migrations: counted as applied, nothing left, no model changes.
+    # (Django records the squash once the migrations after it are applied.)
+    assert ours["migrations"][: len(OLD_MIGRATIONS)] == OLD_MIGRATIONS
+    assert sorted(ours["migrations"][len(OLD_MIGRATIONS) :]) == [SQUASHED, *NEW_MIGRATIONS]
     shown = ours["showmigrations"]
     assert shown["code"] == 0
     lines = [line.strip() for line in shown["stdout"].splitlines()[1:] if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"[X] {SQUASHED}"), shown["stdout"]
+    assert lines[0].startswith(f"[X] {SQUASHED}"), shown["stdout"]
+    assert lines[1:] == [f"[X] {name}" for name in NEW_MIGRATIONS], shown["stdout"]
     assert ours["migrate_check"]["code"] == 0, ours["migrate_check"]
     makemigrations = ours["makemigrations_check"]
     assert makemigrations["code"] == 0, makemigrations
     assert "No changes detected" in makemigrations["stdout"], makemigrations
 
-    # The tables as 0.7.0 left them: the same schema, every row unchanged.
-    ours_schema, legacy_schema = dict(ours["schema"]), dict(legacy["schema"])
+    # The tables as 0.7.0 left them, plus only what 0010 adds; every row unchanged.
+    ours_schema, legacy_schema = _without_added(ours["schema"]), _without_added(legacy["schema"])
     if ours_schema.pop("django") != legacy_schema.pop("django"):
         # Different Django versions introspect differently (the CI matrix runs
         # our side on 4.2 and 6.x); the database's own DDL still must not change.

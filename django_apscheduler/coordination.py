@@ -1,0 +1,489 @@
+"""Coordination between scheduler processes that share one database.
+
+Any number of processes may run a scheduler on ``DjangoJobStore`` against the
+same database. They agree through the ``DjangoJob`` rows themselves:
+
+* **Claims.** A scheduler takes the due jobs it will dispatch in one short
+  transaction that locks them (``SELECT ... FOR UPDATE SKIP LOCKED`` where
+  the database has it, ``BEGIN IMMEDIATE`` on SQLite) and writes its instance
+  id into ``acquired_by`` with a deadline in ``acquired_until``. Others skip
+  claimed rows until the deadline has passed. Writing the job's next run time
+  (or finishing it) releases the claim, in the same statement.
+* **Holding running jobs.** While a job runs in a process, that process keeps
+  its claim and renews it with every heartbeat, so only the process that runs
+  the job dispatches its next fires and APScheduler's ``max_instances`` holds
+  across processes.
+* **Instances.** Each dispatching scheduler has a ``DjangoSchedulerInstance``
+  row whose heartbeat it renews. When a heartbeat is older than the lease
+  time, the process is taken for dead: its claims have expired, so the others
+  take its jobs, and the runs it left "Started execution" become
+  "Interrupted".
+* **Changes from other processes** (a job added from a view, paused from the
+  admin) wake running schedulers: on PostgreSQL at once through
+  ``LISTEN``/``NOTIFY``; everywhere through a poll, one indexed query per
+  ``APSCHEDULER_POLL_INTERVAL``.
+
+Vendor differences (skip-locked, notifications) are in :mod:`backends`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Iterable
+
+from django.db import connections
+from django.db.models import Q
+from django.utils import timezone
+
+from django_apscheduler import backends, conf, db, executions
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+
+if TYPE_CHECKING:
+    from django_apscheduler.jobstores import DjangoJobStore
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a housekeeping statement (heartbeat, poll, release) may keep retrying.
+HOUSEKEEPING_RETRY_TIMEOUT = 5.0
+
+
+def lease_time() -> timedelta:
+    return timedelta(seconds=float(conf.get("APSCHEDULER_LEASE_TIME")))
+
+
+def new_instance_id() -> str:
+    """An id naming this process to people: ``host:pid:random``."""
+    return f"{socket.gethostname()[:200]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A due job claimed by this instance, as its row was when claimed."""
+
+    job_id: str
+    job_state: bytes
+    version: int | None
+    next_run_time: datetime
+
+
+def _claimable(instance: str, now: datetime) -> Q:
+    """Rows nobody else holds: unclaimed, claimed by ``instance``, or with an expired claim."""
+    return Q(acquired_by__isnull=True) | Q(acquired_by=instance) | Q(acquired_until__lt=now)
+
+
+def claim_due(
+    using: str, instance: str, due_by: datetime, exclude: Iterable[str], limit: int
+) -> list[Claim]:
+    """Claim up to ``limit`` jobs due by ``due_by`` for ``instance``, earliest first."""
+    backend = backends.for_alias(using)
+    now = timezone.now()
+    with backend.write_transaction(using):
+        rows = (
+            DjangoJob.objects.using(using)
+            .filter(_claimable(instance, now), next_run_time__lte=due_by)
+            .exclude(id__in=list(exclude))
+            .order_by("next_run_time", "id")
+        )
+        rows = backend.lock_unclaimed(rows, using)[:limit]
+        claims = [
+            Claim(job_id, bytes(state), version, nrt)
+            for job_id, state, version, nrt in rows.values_list(
+                "id", "job_state", "version", "next_run_time"
+            )
+        ]
+        if claims:
+            DjangoJob.objects.using(using).filter(id__in=[c.job_id for c in claims]).update(
+                acquired_by=instance, acquired_until=now + lease_time()
+            )
+    return claims
+
+
+def earliest_claimable(using: str, instance: str, exclude: Iterable[str]) -> datetime | None:
+    """The earliest next run time among the jobs ``instance`` could claim (one indexed query)."""
+    return (
+        DjangoJob.objects.using(using)
+        .filter(_claimable(instance, timezone.now()), next_run_time__isnull=False)
+        .exclude(id__in=list(exclude))
+        .order_by("next_run_time")
+        .values_list("next_run_time", flat=True)
+        .first()
+    )
+
+
+def release(using: str, instance: str, job_ids: Iterable[str]) -> None:
+    """Give up ``instance``'s claims on ``job_ids`` (claims taken over by others stay)."""
+    ids = list(job_ids)
+    if ids:
+        DjangoJob.objects.using(using).filter(id__in=ids, acquired_by=instance).update(
+            acquired_by=None, acquired_until=None
+        )
+
+
+def interrupt_runs(using: str, instance: str, reason: str) -> int:
+    """Mark the runs ``instance`` left "Started execution" as "Interrupted"; return how many."""
+    return (
+        DjangoJobExecution.objects.using(using)
+        .filter(instance=instance, status=DjangoJobExecution.SENT)
+        .update(
+            status=DjangoJobExecution.INTERRUPTED,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+        )
+    )
+
+
+def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
+    """Retire instances whose heartbeat is older than the lease time; return their ids.
+
+    Their unfinished runs become "Interrupted" (naming the instance), their
+    claims are dropped and their rows deleted. Safe to run from several
+    processes at once: each step only changes what is still there.
+    """
+    cutoff = timezone.now() - lease_time()
+    dead = list(
+        DjangoSchedulerInstance.objects.using(using)
+        .filter(last_heartbeat__lt=cutoff)
+        .exclude(id=alive)
+    )
+    for instance in dead:
+        with backends.for_alias(using).write_transaction(using):
+            reason = (
+                f"Interrupted: scheduler instance {instance.id} (pid {instance.pid} on "
+                f"{instance.host}) stopped heartbeating after {instance.last_heartbeat.isoformat()} "
+                "before this run finished."
+            )
+            count = interrupt_runs(using, instance.id, reason)
+            DjangoJob.objects.using(using).filter(acquired_by=instance.id).update(
+                acquired_by=None, acquired_until=None
+            )
+            deleted, _ = (
+                DjangoSchedulerInstance.objects.using(using)
+                .filter(id=instance.id, last_heartbeat=instance.last_heartbeat)
+                .delete()
+            )
+        if deleted:
+            logger.warning(
+                "Scheduler instance %s (pid %s on %s) stopped heartbeating at %s; "
+                "%d of its runs are marked Interrupted and its jobs are taken over",
+                instance.id,
+                instance.pid,
+                instance.host,
+                instance.last_heartbeat,
+                count,
+            )
+    return [instance.id for instance in dead]
+
+
+class Coordinator:
+    """The per-store side of coordination: identity, claims bookkeeping, and a housekeeping thread.
+
+    The store calls :meth:`claim` at the start of each dispatch round,
+    :meth:`settle` for each job it writes back, and :meth:`end_round`. The
+    housekeeping thread heartbeats, renews the claims of running jobs,
+    releases them once the jobs finish, retires dead instances, and wakes the
+    scheduler when another process changed a job.
+    """
+
+    def __init__(self, store: DjangoJobStore) -> None:
+        self._store = store
+        self.instance_id: str | None = None
+        self._pid = 0
+        # Guards the bookkeeping below against the housekeeping thread: a claim
+        # is never released while its job is being dispatched or running here.
+        self.lock = threading.RLock()
+        self.claims: dict[str, Claim] = {}  # claimed in the current round
+        # Claims kept after dispatch: job id -> the executor that may still run it.
+        self.held: dict[str, str | None] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._listener: backends.Listener | None = None
+        self._listen_retry_at = 0.0
+        # The wake-up time the scheduler last got from the store, guarded by
+        # ``wake_lock`` so a poll never compares against a stale value.
+        self.wake_lock = threading.Lock()
+        self.reported_next: datetime | None = None
+        self.has_reported = False
+
+    # --- the dispatch side (the scheduler's thread) -----------------------------------
+
+    def ensure_running(self) -> str:
+        """Register this process as an instance and start housekeeping, once per process."""
+        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+            assert self.instance_id is not None
+            return self.instance_id
+        if self._pid != os.getpid():
+            # A new process (first start, or a fork that inherited a started store).
+            self.instance_id = new_instance_id()
+            self._pid = os.getpid()
+            self.claims.clear()
+            self.held.clear()
+        self._stopping.clear()
+        self._register()
+        self._thread = threading.Thread(
+            target=self._housekeep, name="django_apscheduler-coordinator", daemon=True
+        )
+        self._thread.start()
+        logger.info("Scheduler instance %s dispatches jobs", self.instance_id)
+        assert self.instance_id is not None
+        return self.instance_id
+
+    def claim(self, due_by: datetime, exclude: Iterable[str], limit: int) -> list[Claim]:
+        assert self.instance_id is not None
+        using = self._store._db
+        with self.lock:
+            claims = self._store._run(
+                lambda: claim_due(using, self.instance_id, due_by, exclude, limit),  # type: ignore[arg-type]
+                "claim due jobs",
+            )
+            for claim in claims:
+                self.claims[claim.job_id] = claim
+                self.held.pop(claim.job_id, None)
+        return claims
+
+    def settle(self, job_id: str, executor: str | None) -> None:
+        """The job's row was written back; keep the claim if ``executor`` still runs it."""
+        with self.lock:
+            self.claims.pop(job_id, None)
+            if executor is not None:
+                self.held[job_id] = executor
+            else:
+                self.held.pop(job_id, None)
+
+    def end_round(self) -> None:
+        """Claims the round did not write back (nothing was submitted) are released later."""
+        with self.lock:
+            for job_id in self.claims:
+                self.held.setdefault(job_id, None)
+            self.claims.clear()
+
+    def wake(self) -> None:
+        """Interrupt the housekeeping thread's wait."""
+        try:
+            self._wake_writer.send(b"x")
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """Stop housekeeping, give up every claim and retire this instance's row."""
+        thread, self._thread = self._thread, None
+        if thread is None or self.instance_id is None:
+            return
+        self._stopping.set()
+        self.wake()
+        thread.join(timeout=10)
+        using = self._store._db
+        instance = self.instance_id
+
+        def retire() -> None:
+            with backends.for_alias(using).write_transaction(using):
+                DjangoJob.objects.using(using).filter(acquired_by=instance).update(
+                    acquired_by=None, acquired_until=None
+                )
+                interrupt_runs(
+                    using,
+                    instance,
+                    f"Interrupted: scheduler instance {instance} shut down before this run "
+                    "finished.",
+                )
+                DjangoSchedulerInstance.objects.using(using).filter(id=instance).delete()
+
+        try:
+            db.run_resiliently(retire, using=using, description="retire the scheduler instance")
+        except Exception:
+            logger.exception("Could not retire scheduler instance %s", instance)
+        with self.lock:
+            self.claims.clear()
+            self.held.clear()
+        self._pid = 0  # a later start registers a new instance
+
+    # --- housekeeping (its own thread) ---------------------------------------------------
+
+    def _register(self) -> None:
+        using = self._store._db
+        now = timezone.now()
+
+        def register() -> None:
+            DjangoSchedulerInstance.objects.using(using).update_or_create(
+                id=self.instance_id,
+                defaults={
+                    "host": socket.gethostname()[:255],
+                    "pid": os.getpid(),
+                    "started": now,
+                    "last_heartbeat": now,
+                },
+            )
+
+        self._store._run(register, "register the scheduler instance")
+
+    def _housekeep(self) -> None:
+        poll = float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+        beat = float(conf.get("APSCHEDULER_HEARTBEAT_INTERVAL"))
+        reap = max(float(conf.get("APSCHEDULER_LEASE_TIME")), beat)
+        now = time.monotonic()
+        next_poll, next_beat, next_reap = now + poll, now + beat, now + beat
+        try:
+            while not self._stopping.is_set():
+                timeout = max(0.0, min(next_poll, next_beat, next_reap) - time.monotonic())
+                notified = self._wait(timeout)
+                if self._stopping.is_set():
+                    break
+                if notified:
+                    self._store._wake_scheduler()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + beat
+                    self._safely(self._heartbeat, "heartbeat")
+                    self._safely(self._release_idle, "release finished jobs")
+                if now >= next_reap:
+                    next_reap = now + reap
+                    self._safely(self._reap, "retire dead scheduler instances")
+                if now >= next_poll:
+                    next_poll = now + poll
+                    self._safely(self._poll, "look for changed jobs")
+        finally:
+            self._close_listener()
+            connections.close_all()
+
+    def _safely(self, step: Any, description: str) -> None:
+        try:
+            step()
+        except Exception as exc:
+            logger.warning(
+                "Scheduler instance %s could not %s: %s", self.instance_id, description, exc
+            )
+
+    def _housekeeping_run(self, operation: Any, description: str) -> Any:
+        return db.run_resiliently(
+            operation,
+            using=self._store._db,
+            description=description,
+            timeout=HOUSEKEEPING_RETRY_TIMEOUT,
+        )
+
+    def _heartbeat(self) -> None:
+        using = self._store._db
+        instance = self.instance_id
+        now = timezone.now()
+
+        with self.lock:
+            holding = bool(self.held or self.claims)
+        backend = backends.for_alias(using)
+
+        def beat() -> int:
+            with backend.write_transaction(using):
+                found = (
+                    DjangoSchedulerInstance.objects.using(using)
+                    .filter(id=instance)
+                    .update(last_heartbeat=now)
+                )
+                if holding:
+                    DjangoJob.objects.using(using).filter(acquired_by=instance).update(
+                        acquired_until=now + lease_time()
+                    )
+            return found
+
+        if not self._housekeeping_run(beat, "heartbeat") and not self._stopping.is_set():
+            logger.warning(
+                "Scheduler instance %s was taken for dead by another scheduler (no heartbeat "
+                "for %s); registering again",
+                instance,
+                lease_time(),
+            )
+            self._register()
+
+    def _release_idle(self) -> None:
+        with self.lock:
+            idle = [
+                job_id
+                for job_id, executor in self.held.items()
+                if not self._store._running_here(job_id, executor)
+            ]
+            if idle:
+                using, instance = self._store._db, self.instance_id
+                self._housekeeping_run(
+                    lambda: release(using, instance, idle),  # type: ignore[arg-type]
+                    "release finished jobs",
+                )
+                for job_id in idle:
+                    self.held.pop(job_id, None)
+
+    def _reap(self) -> None:
+        using = self._store._db
+        dead = self._housekeeping_run(
+            lambda: reap_dead_instances(using, alive=self.instance_id),
+            "retire dead scheduler instances",
+        )
+        if dead:
+            self._store._wake_scheduler()
+
+    def _poll(self) -> None:
+        """Wake the scheduler if a job is now due before the time it sleeps until."""
+        using, instance = self._store._db, self.instance_id
+        with self.wake_lock:
+            if not self.has_reported:
+                return
+            earliest = self._housekeeping_run(
+                lambda: earliest_claimable(using, instance, self._store._known_broken()),  # type: ignore[arg-type]
+                "look for changed jobs",
+            )
+            planned = self.reported_next
+            sooner = earliest is not None and (planned is None or earliest < planned)
+        if sooner:
+            logger.debug("A job changed elsewhere is due at %s; waking the scheduler", earliest)
+            self._store._wake_scheduler()
+
+    # --- waiting: the wake socket, plus the LISTEN connection where there is one -------
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s; return True if another process announced a change."""
+        listener = self._open_listener()
+        fds: list[Any] = [self._wake_reader]
+        if listener is not None:
+            fds.append(listener)
+        try:
+            readable, _, _ = select.select(fds, [], [], timeout)
+        except (OSError, ValueError):  # the listener's socket went away
+            self._close_listener()
+            return False
+        if self._wake_reader in readable:
+            try:
+                while self._wake_reader.recv(4096):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+        if listener is not None and listener in readable:
+            try:
+                return listener.drain() > 0
+            except Exception as exc:
+                logger.warning("Lost the connection listening for job changes: %s", exc)
+                self._close_listener()
+        return False
+
+    def _open_listener(self) -> backends.Listener | None:
+        if self._listener is not None or time.monotonic() < self._listen_retry_at:
+            return self._listener
+        using = self._store._db
+        try:
+            self._listener = backends.for_alias(using).listener(using)
+        except Exception as exc:
+            self._listen_retry_at = time.monotonic() + float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+            logger.warning("Cannot listen for job changes (polling meanwhile): %s", exc)
+            return None
+        if self._listener is None:  # the database has no notifications: poll only
+            self._listen_retry_at = float("inf")
+        return self._listener
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()

@@ -1,0 +1,153 @@
+"""A scheduler process for the multi-process tests, written the way users write theirs.
+
+    python -m tests.scheduler_process '<config as JSON>'
+
+It builds its own ``BlockingScheduler`` on a ``DjangoJobStore``, adds the
+configured jobs with ``replace_existing=True`` and starts, exactly like the
+``runapscheduler`` command of the 0.7.0 README. A listener appends every
+submission (and every refusal or miss) as a JSON line to ``config["events"]``,
+so the test can check which process submitted which fire. The process stops
+at the epoch time ``config["until"]``.
+
+Job functions used by the tests live here too; they write what they did to
+files, one line per event, so runs in any process can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+UTC = timezone.utc
+
+
+# --- job functions -------------------------------------------------------------
+
+
+def noop() -> None:
+    """Does nothing: the storm measures dispatching, not work."""
+
+
+def log_run(path: str, seconds: float = 0.0) -> None:
+    """Append "start" and "end" lines (pid, epoch time) to ``path``, sleeping in between."""
+    _append(path, {"event": "start", "pid": os.getpid(), "t": time.time()})
+    time.sleep(seconds)
+    _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
+
+
+def run_until(path: str, deadline: float) -> None:
+    """Note the start, then keep running until the epoch time ``deadline``."""
+    _append(path, {"event": "start", "pid": os.getpid(), "t": time.time()})
+    while time.time() < deadline:
+        time.sleep(0.1)
+    _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
+
+
+def _append(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def read_lines(path: str) -> list[dict[str, Any]]:
+    """The JSON lines written to ``path`` so far (none if it does not exist yet)."""
+    try:
+        with open(path) as file:
+            return [json.loads(line) for line in file if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
+
+
+# --- the process ------------------------------------------------------------------
+
+
+def _epoch(value: float) -> datetime:
+    return datetime.fromtimestamp(value, tz=UTC)
+
+
+def _trigger(spec: dict[str, Any]) -> Any:
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.date import DateTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    kind = spec["trigger"]
+    if kind == "interval":
+        return IntervalTrigger(
+            seconds=spec["seconds"], start_date=_epoch(spec["start"]), timezone="UTC"
+        )
+    if kind == "cron":
+        return CronTrigger(second=spec.get("second", "*"), timezone="UTC")
+    if kind == "date":
+        return DateTrigger(run_date=_epoch(spec["run_date"]), timezone="UTC")
+    raise ValueError(f"unknown trigger {kind!r}")
+
+
+def main(config: dict[str, Any]) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
+    import django
+
+    django.setup()
+
+    from apscheduler.events import (
+        EVENT_JOB_MAX_INSTANCES,
+        EVENT_JOB_MISSED,
+        EVENT_JOB_SUBMITTED,
+    )
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from django_apscheduler.jobstores import DjangoJobStore
+
+    names = {
+        EVENT_JOB_SUBMITTED: "submitted",
+        EVENT_JOB_MAX_INSTANCES: "max_instances",
+        EVENT_JOB_MISSED: "missed",
+    }
+    events = open(config["events"], "a", buffering=1)
+    lock = threading.Lock()
+
+    def listener(event: Any) -> None:
+        run_times = getattr(event, "scheduled_run_times", None) or [event.scheduled_run_time]
+        record = {
+            "pid": os.getpid(),
+            "code": names[event.code],
+            "job": event.job_id,
+            "run_times": [rt.timestamp() for rt in run_times],
+            "t": time.time(),
+        }
+        with lock:
+            events.write(json.dumps(record) + "\n")
+
+    scheduler = BlockingScheduler(
+        timezone="UTC", executors={"default": ThreadPoolExecutor(config.get("threads", 10))}
+    )
+    scheduler.add_jobstore(DjangoJobStore(), "default")
+    scheduler.add_listener(
+        listener, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED
+    )
+    module = sys.modules[__name__]
+    for spec in config.get("jobs", []):
+        scheduler.add_job(
+            getattr(module, spec.get("func", "noop")),
+            _trigger(spec),
+            id=spec["id"],
+            args=spec.get("args", []),
+            max_instances=spec.get("max_instances", 1),
+            coalesce=spec.get("coalesce", False),
+            misfire_grace_time=spec.get("misfire_grace_time", 120),
+            replace_existing=True,
+        )
+    stopper = threading.Timer(max(0.0, config["until"] - time.time()), scheduler.shutdown)
+    stopper.daemon = True
+    stopper.start()
+    print(f"scheduler process {os.getpid()} starting", flush=True)
+    scheduler.start()
+    print(f"scheduler process {os.getpid()} stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

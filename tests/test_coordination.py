@@ -1,0 +1,488 @@
+"""Coordination of several schedulers sharing one database, deterministically in one process.
+
+Two ``DjangoJobStore`` objects on two schedulers that are not started stand
+for two processes. The "dispatching" store calls ``get_due_jobs`` and then,
+from the same thread, writes back like APScheduler's ``_process_jobs``
+(``job._modify(next_run_time=...)`` then ``update_job``, or ``remove_job``
+for a one-shot job that will not fire again). The other store changes the
+job in between, through the same calls APScheduler's public API makes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+
+import pytest
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.job import Job
+from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from django.db import connections
+from django.test.utils import override_settings
+from django.utils import timezone
+
+from django_apscheduler import coordination
+from django_apscheduler.jobstores import DjangoJobStore
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+from tests import jobs
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UTC = dt_timezone.utc
+
+
+def at(seconds: float) -> datetime:
+    return datetime(2030, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def make_store():
+    """Build stores on schedulers that are not started; all are shut down after the test."""
+    made: list[DjangoJobStore] = []
+
+    def make() -> DjangoJobStore:
+        store = DjangoJobStore()
+        store.start(BackgroundScheduler(timezone="UTC"), "default")
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.shutdown()
+
+
+@pytest.fixture
+def a(make_store):
+    return make_store()
+
+
+@pytest.fixture
+def b(make_store):
+    return make_store()
+
+
+def make_job(store, *, id="job", trigger=None, next_run_time=at(0), args=(), seconds=60):
+    job = Job(
+        store._scheduler,
+        id=id,
+        func=jobs.record,
+        trigger=trigger or IntervalTrigger(seconds=seconds, start_date=at(0), timezone="UTC"),
+        executor="default",
+        args=args,
+        kwargs={},
+        name=id,
+        misfire_grace_time=1,
+        coalesce=True,
+        max_instances=1,
+        next_run_time=next_run_time,
+    )
+    job._jobstore_alias = "default"
+    return job
+
+
+def dispatch(store, job, next_run_time):
+    """What APScheduler's loop does after submitting a due recurring job."""
+    job._modify(next_run_time=next_run_time)
+    store.update_job(job)
+
+
+def row(job_id="job") -> DjangoJob:
+    return DjangoJob.objects.get(id=job_id)
+
+
+def claimed_by(store) -> list[str]:
+    instance = store._coordinator.instance_id
+    return sorted(DjangoJob.objects.filter(acquired_by=instance).values_list("id", flat=True))
+
+
+def expire_claims(store) -> None:
+    DjangoJob.objects.filter(acquired_by=store._coordinator.instance_id).update(
+        acquired_until=timezone.now() - timedelta(seconds=1)
+    )
+
+
+# --- claims ---------------------------------------------------------------------------
+
+
+def test_second_store_skips_live_claims_and_takes_expired_ones(a, b):
+    """A job claimed by one instance is neither dispatched nor waited for by another until the
+    claim expires (get_due_jobs and get_next_run_time skip it)."""
+    a.add_job(make_job(a, id="j1", next_run_time=at(0)))
+    a.add_job(make_job(a, id="j2", next_run_time=at(5)))
+    assert sorted(j.id for j in a.get_due_jobs(at(10))) == ["j1", "j2"]
+    assert claimed_by(a) == ["j1", "j2"]
+    assert row("j1").acquired_until > timezone.now()
+
+    assert b.get_due_jobs(at(10)) == []
+    assert claimed_by(b) == []
+    assert b.get_next_run_time() is None  # nothing B could claim
+    b.add_job(make_job(b, id="free", next_run_time=at(20)))
+    assert b.get_next_run_time() == at(20)
+    assert a.get_next_run_time() == at(0)  # its own claims count
+
+    expire_claims(a)
+    assert sorted(j.id for j in b.get_due_jobs(at(10))) == ["j1", "j2"]
+    assert claimed_by(b) == ["j1", "j2"] and claimed_by(a) == []
+
+
+@override_settings(APSCHEDULER_LEASE_TIME=0.4, APSCHEDULER_HEARTBEAT_INTERVAL=60)
+def test_claim_lapses_after_the_lease_time_and_a_late_write_back_does_not_land(a, b):
+    """After APSCHEDULER_LEASE_TIME another store takes the job; the first one's late write loses."""
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    assert b.get_due_jobs(at(10)) == []
+    time.sleep(0.6)
+    assert [j.id for j in b.get_due_jobs(at(10))] == ["job"]
+    dispatch(a, job, at(60))  # A took longer than its lease: B holds the job now
+    assert row().acquired_by == b._coordinator.instance_id
+    assert row().next_run_time == at(0)
+
+
+@override_settings(APSCHEDULER_DISPATCH_BATCH_SIZE=2)
+def test_batch_size_limits_a_round_and_leaves_the_rest_to_others(a, b):
+    """One round claims at most APSCHEDULER_DISPATCH_BATCH_SIZE jobs, earliest first."""
+    for i in range(5):
+        a.add_job(make_job(a, id=f"j{i}", next_run_time=at(i)))
+    first = a.get_due_jobs(at(10))
+    assert [j.id for j in first] == ["j0", "j1"]
+    assert [j.id for j in b.get_due_jobs(at(10))] == ["j2", "j3"]
+    for job in first:
+        dispatch(a, job, at(100))
+    a.get_next_run_time()  # ends A's round
+    assert [j.id for j in a.get_due_jobs(at(10))] == ["j4"]
+
+
+@override_settings(APSCHEDULER_DISPATCH_BATCH_SIZE=7)
+def test_concurrent_claims_from_two_threads_are_disjoint(a, b):
+    """Two stores dispatching at the same moment from two threads never get the same job."""
+    for i in range(60):
+        a.add_job(make_job(a, id=f"j{i:02d}", next_run_time=at(i)))
+    got: dict[str, list[str]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def claim(name, store):
+        try:
+            barrier.wait()
+            while batch := store.get_due_jobs(at(100)):
+                got[name].extend(j.id for j in batch)
+                for job in batch:
+                    dispatch(store, job, at(1000))
+                store.get_next_run_time()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=claim, args=item) for item in (("a", a), ("b", b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert not set(got["a"]) & set(got["b"])
+    assert sorted(got["a"] + got["b"]) == [f"j{i:02d}" for i in range(60)]
+    assert not DjangoJob.objects.filter(acquired_by__isnull=False).exists()
+    assert set(DjangoJob.objects.values_list("next_run_time", flat=True)) == {at(1000)}
+
+
+# --- write-back after dispatch: lost-update races --------------------------------------
+
+
+def test_write_back_releases_the_claim_and_every_write_bumps_the_version(a, b):
+    """The dispatcher's write advances the job and frees it; each write increases ``version``."""
+    a.add_job(make_job(a, next_run_time=at(0)))
+    versions = [row().version or 0]  # NULL counts as 0
+    (job,) = a.get_due_jobs(at(10))
+    dispatch(a, job, at(60))
+    stored = row()
+    assert stored.next_run_time == at(60)
+    assert (stored.acquired_by, stored.acquired_until) == (None, None)
+    assert a._coordinator.held == {}
+    versions.append(stored.version)
+    b_job = b.lookup_job("job")
+    b_job._modify(args=("x",))
+    b.update_job(b_job)
+    versions.append(row().version)
+    (job,) = a.get_due_jobs(at(60))
+    dispatch(a, job, at(120))
+    versions.append(row().version)
+    assert versions == sorted(set(versions)), versions
+    assert a.lookup_job("job").next_run_time == at(120)
+
+
+def test_pause_during_dispatch_stands(a, b):
+    """Paused by B between A's claim and A's write-back: the job stays paused."""
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    b_job = b.lookup_job("job")
+    b_job._modify(next_run_time=None)
+    b.update_job(b_job)
+    dispatch(a, job, at(60))
+    assert row().next_run_time is None
+    assert a.lookup_job("job").next_run_time is None
+    assert row().acquired_by is None
+    assert a.get_next_run_time() is None
+
+
+def test_removal_during_dispatch_stands(a, b):
+    """Removed by B meanwhile: A's write-back neither resurrects it nor raises nor leaves a record."""
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    b.remove_job("job")
+    dispatch(a, job, at(60))
+    assert not DjangoJob.objects.filter(id="job").exists()
+    assert a.get_next_run_time() is None
+
+
+def test_reschedule_during_dispatch_stands(a, b):
+    """Rescheduled by B to another time: B's time wins over the dispatcher's."""
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    b_job = b.lookup_job("job")
+    b_job._modify(next_run_time=at(500))
+    b.update_job(b_job)
+    dispatch(a, job, at(60))
+    assert row().next_run_time == at(500)
+    assert a.lookup_job("job").next_run_time == at(500)
+    assert row().acquired_by is None
+
+
+def test_args_changed_during_dispatch_are_kept_and_the_time_advanced(a, b):
+    """B changes only the arguments: they are kept, and the next run time is A's (no repeat)."""
+    a.add_job(make_job(a, next_run_time=at(0), args=("old",)))
+    (job,) = a.get_due_jobs(at(10))
+    b_job = b.lookup_job("job")
+    b_job._modify(args=("new",))
+    b.update_job(b_job)
+    dispatch(a, job, at(60))
+    restored = a.lookup_job("job")
+    assert restored.args == ("new",)
+    assert restored.next_run_time == at(60)
+    assert row().next_run_time == at(60) and row().acquired_by is None
+
+
+def test_finished_one_shot_does_not_overwrite_a_replacement(a, b):
+    """A finishes a one-shot job while B replaced it with another run date: B's job stands."""
+    a.add_job(make_job(a, trigger=DateTrigger(at(0)), next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    again = make_job(b, trigger=DateTrigger(at(300)), next_run_time=at(300))
+    with pytest.raises(ConflictingIdError):
+        b.add_job(again)
+    b.update_job(again)  # replace_existing=True
+    a.remove_job("job")  # the one-shot job will not fire again
+    restored = a.lookup_job("job")
+    assert restored is not None and restored.trigger.run_date == at(300)
+    assert row().next_run_time == at(300) and row().acquired_by is None
+
+
+def test_finished_one_shot_does_not_overwrite_a_re_added_job(a, b):
+    """B removed the one-shot job and added a new one with the same id: A's finish leaves it."""
+    a.add_job(make_job(a, trigger=DateTrigger(at(0)), next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    b.remove_job("job")
+    b.add_job(make_job(b, trigger=DateTrigger(at(300)), next_run_time=at(300)))
+    a.remove_job("job")
+    assert a.lookup_job("job").trigger.run_date == at(300)
+    assert b.get_next_run_time() == at(300)
+
+
+def test_finished_one_shot_leaves_an_empty_record(a):
+    """Without interference a finished one-shot job is kept as an empty, unclaimed record."""
+    a.add_job(make_job(a, trigger=DateTrigger(at(0)), next_run_time=at(0)))
+    a.get_due_jobs(at(10))
+    a.remove_job("job")
+    stored = row()
+    assert stored.is_finished and stored.next_run_time is None and stored.acquired_by is None
+    assert a.lookup_job("job") is None
+
+
+def test_running_job_keeps_its_claim_until_it_finished(a, b):
+    """While the job still runs in A, B cannot dispatch its next fire (max_instances holds)."""
+    executor = ThreadPoolExecutor()
+    a._scheduler.add_executor(executor, "default")  # not started: only looked up
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    executor._instances["job"] = 1  # as if submitted and still running
+    dispatch(a, job, at(60))
+    assert row().next_run_time == at(60)
+    assert row().acquired_by == a._coordinator.instance_id
+    assert row().acquired_until > timezone.now()
+    assert "job" in a._coordinator.held
+    assert b.get_due_jobs(at(100)) == []
+
+    a._coordinator._release_idle()  # still running: kept
+    assert row().acquired_by == a._coordinator.instance_id
+    executor._instances["job"] = 0  # the run finished
+    a._coordinator._release_idle()
+    assert row().acquired_by is None and a._coordinator.held == {}
+    assert [j.id for j in b.get_due_jobs(at(100))] == ["job"]
+
+
+# --- replace_existing ------------------------------------------------------------------
+
+
+def replace(store, job):
+    """What ``scheduler.add_job(..., replace_existing=True)`` does when the id exists."""
+    with pytest.raises(ConflictingIdError):
+        store.add_job(job)
+    store.update_job(job)
+
+
+def test_replace_identical_definition_keeps_a_future_next_run_time(a, b):
+    """Re-adding the same job at start-up must not move its stored (future) schedule."""
+    a.add_job(make_job(a, next_run_time=at(100)))
+    replace(b, make_job(b, next_run_time=at(50)))
+    assert row().next_run_time == at(100)
+    assert b.lookup_job("job").next_run_time == at(100)
+    # A plain update (modify/reschedule) still writes the given time.
+    b.update_job(make_job(b, next_run_time=at(50)))
+    assert row().next_run_time == at(50)
+
+
+def test_replace_with_another_definition_replaces(a, b):
+    """A changed trigger is a new definition: it is written, with its own next run time."""
+    a.add_job(make_job(a, next_run_time=at(100), seconds=60))
+    replace(b, make_job(b, next_run_time=at(50), seconds=30))
+    restored = b.lookup_job("job")
+    assert restored.trigger.interval == timedelta(seconds=30)
+    assert restored.next_run_time == at(50) and row().next_run_time == at(50)
+
+
+def test_replace_unpauses_a_paused_job(a, b):
+    """As in APScheduler, replacing a paused job with the same definition schedules it again."""
+    a.add_job(make_job(a, next_run_time=None))
+    replace(b, make_job(b, next_run_time=at(50)))
+    assert row().next_run_time == at(50)
+    assert b.get_next_run_time() == at(50)
+
+
+def test_replace_past_time_depends_on_live_instances(a, b):
+    """A past stored time is replaced after a downtime, but kept while a scheduler is alive."""
+    past = timezone.now() - timedelta(hours=1)
+    a.add_job(make_job(a, next_run_time=past))
+    replace(b, make_job(b, next_run_time=at(50)))  # nobody runs the stored time
+    assert row().next_run_time == at(50)
+
+    DjangoJob.objects.filter(id="job").update(next_run_time=past)
+    now = timezone.now()
+    DjangoSchedulerInstance.objects.create(
+        id="alive", host="h", pid=1, started=now, last_heartbeat=now
+    )
+    replace(b, make_job(b, next_run_time=at(50)))
+    assert row().next_run_time == past
+
+
+@pytest.mark.parametrize(
+    "trigger",
+    [{"trigger": "cron", "minute": "*/5"}, {"trigger": "interval", "minutes": 5}],
+    ids=["cron", "interval-without-start-date"],
+)
+def test_start_up_re_add_through_the_scheduler_keeps_the_schedule(make_scheduler, trigger):
+    """Every process re-adding the same job at start-up (replace_existing) keeps the stored time.
+
+    ``add_job(func, "interval", minutes=5)`` is the most common form; APScheduler gives
+    each new interval trigger its own ``start_date = now + interval``.
+    """
+    for process in range(2):
+        scheduler = make_scheduler(start=False)
+        scheduler.start(paused=True)
+        scheduler.add_job(jobs.record, id="every", replace_existing=True, **trigger)
+        if process == 0:  # the stored schedule moved on (another scheduler dispatched)
+            moved = row("every").next_run_time + timedelta(hours=1)
+            DjangoJob.objects.filter(id="every").update(next_run_time=moved)
+        time.sleep(0.05)
+    assert row("every").next_run_time == moved
+
+
+# --- dead instances, paused schedulers, shutdown ----------------------------------------
+
+
+def test_reap_dead_instances_interrupts_their_runs_and_frees_their_jobs():
+    """A dead instance's started runs become Interrupted, its claims and row go; the living stay."""
+    now = timezone.now()
+    until = now + timedelta(minutes=5)
+    dead = DjangoSchedulerInstance.objects.create(
+        id="host:1:dead", host="host", pid=1, started=now, last_heartbeat=now - timedelta(minutes=5)
+    )
+    live = DjangoSchedulerInstance.objects.create(
+        id="host:2:live", host="host", pid=2, started=now, last_heartbeat=now
+    )
+    for instance in (dead, live):
+        DjangoJob.objects.create(
+            id=instance.id,
+            next_run_time=at(0),
+            job_state=b"x",
+            acquired_by=instance.id,
+            acquired_until=until,
+        )
+        for status, seconds in ((DjangoJobExecution.SENT, 0), (DjangoJobExecution.SUCCESS, 1)):
+            DjangoJobExecution.objects.create(
+                job_id=instance.id, run_time=at(seconds), status=status, instance=instance.id
+            )
+
+    assert coordination.reap_dead_instances("default") == [dead.id]
+
+    assert list(DjangoSchedulerInstance.objects.values_list("id", flat=True)) == [live.id]
+    gone = DjangoJobExecution.objects.get(job_id=dead.id, run_time=at(0))
+    assert gone.status == DjangoJobExecution.INTERRUPTED
+    assert dead.id in gone.exception and gone.finished is not None
+    done = DjangoJobExecution.objects.get(job_id=dead.id, run_time=at(1))
+    assert done.status == DjangoJobExecution.SUCCESS
+    assert (row(dead.id).acquired_by, row(dead.id).acquired_until) == (None, None)
+
+    assert DjangoJobExecution.objects.get(job_id=live.id, run_time=at(0)).status == (
+        DjangoJobExecution.SENT
+    )
+    assert row(live.id).acquired_by == live.id and row(live.id).acquired_until == until
+    assert coordination.reap_dead_instances("default") == []
+
+
+def test_paused_scheduler_writes_jobs_but_never_dispatches(make_scheduler):
+    """A scheduler started paused (web process) adds jobs, registers no instance, claims nothing."""
+    scheduler = make_scheduler(start=False)
+    scheduler.start(paused=True)
+    due = datetime.now(UTC) - timedelta(seconds=5)
+    scheduler.add_job(jobs.record, "interval", minutes=1, id="every", next_run_time=due)
+    scheduler.add_job(jobs.record, "date", run_date=due, id="once")
+    scheduler.wakeup()
+    time.sleep(0.5)
+    assert sorted(j.id for j in scheduler.get_jobs()) == ["every", "once"]
+    assert sorted(DjangoJob.objects.values_list("id", flat=True)) == ["every", "once"]
+    assert not DjangoSchedulerInstance.objects.exists()
+    assert not DjangoJob.objects.filter(acquired_by__isnull=False).exists()
+    assert jobs.calls == []
+    scheduler.shutdown()
+    assert not DjangoSchedulerInstance.objects.exists()
+    assert DjangoJob.objects.get(id="once").next_run_time == due
+
+
+def test_shutdown_retires_the_instance_and_releases_its_claims(a, b):
+    """A store that dispatched deletes its instance row and frees every claim when shut down."""
+    executor = ThreadPoolExecutor()
+    a._scheduler.add_executor(executor, "default")
+    a.add_job(make_job(a, id="running", next_run_time=at(0)))
+    a.add_job(make_job(a, id="pending", next_run_time=at(1)))
+    due = {j.id: j for j in a.get_due_jobs(at(10))}
+    executor._instances["running"] = 1
+    dispatch(a, due["running"], at(60))  # kept: it still runs
+    instance = a._coordinator.instance_id
+    assert DjangoSchedulerInstance.objects.filter(id=instance).exists()
+    assert claimed_by(a) == ["pending", "running"]
+    DjangoJobExecution.objects.create(
+        job_id="running", run_time=at(0), status=DjangoJobExecution.SENT, instance=instance
+    )
+
+    a.shutdown()
+
+    assert not DjangoSchedulerInstance.objects.filter(id=instance).exists()
+    assert not DjangoJob.objects.filter(acquired_by__isnull=False).exists()
+    execution = DjangoJobExecution.objects.get(job_id="running")
+    assert execution.status == DjangoJobExecution.INTERRUPTED and instance in execution.exception
+    assert a.get_due_jobs(at(100)) == []
+    assert sorted(j.id for j in b.get_due_jobs(at(100))) == ["pending", "running"]
