@@ -4,7 +4,8 @@ The jobs page shows each job's state (scheduled, paused, finished or broken),
 its next run time and its average run duration, and offers the action "Run
 the selected django jobs", which runs jobs once in the web process (see
 :mod:`django_apscheduler.run_now`). The executions page shows every run with
-a coloured status.
+a coloured status. The instances page lists the scheduler processes that
+dispatch from this database and whether each is alive.
 
 Both ``ModelAdmin`` instances are shared by all requests, so neither keeps
 anything per request on ``self``: whatever a request needs is computed in the
@@ -20,13 +21,14 @@ from typing import Any, Sequence
 from django.contrib import admin, messages
 from django.db.models import Avg, DecimalField, F, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from django_apscheduler import conf, run_now, util
+from django_apscheduler import conf, coordination, run_now, util
 from django_apscheduler.jobstores import restore_job
-from django_apscheduler.models import DjangoJob, DjangoJobExecution
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class DjangoJobAdmin(admin.ModelAdmin):
     ordering = [F("next_run_time").asc(nulls_last=True), "id"]
     #: A job's schedule lives in its pickled state; editing the columns here would
     #: only make them disagree with it. Jobs are added and changed through a scheduler.
-    readonly_fields = ["id", "next_run_time"]
+    readonly_fields = ["id", "next_run_time", "acquired_by", "acquired_until"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -219,6 +221,7 @@ class StatusListFilter(admin.SimpleListFilter):
         DjangoJobExecution.ERROR,
         DjangoJobExecution.MISSED,
         DjangoJobExecution.MAX_INSTANCES,
+        DjangoJobExecution.INTERRUPTED,
     ]
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
@@ -246,6 +249,7 @@ class DjangoJobExecutionAdmin(admin.ModelAdmin):
         DjangoJobExecution.MAX_INSTANCES: "orange",
         DjangoJobExecution.MISSED: "orange",
         DjangoJobExecution.ERROR: "red",
+        DjangoJobExecution.INTERRUPTED: "darkred",
     }
 
     list_display = ["id", "job", "html_status", "local_run_time", "duration_text"]
@@ -280,3 +284,26 @@ class DjangoJobExecutionAdmin(admin.ModelAdmin):
     def duration_text(self, obj: DjangoJobExecution) -> str:
         """The duration in seconds ("0.00" for a zero duration), or "N/A" if there is none."""
         return "N/A" if obj.duration is None else _seconds(obj.duration)
+
+
+@admin.register(DjangoSchedulerInstance)
+class DjangoSchedulerInstanceAdmin(admin.ModelAdmin):
+    """The scheduler processes dispatching from this database; read-only.
+
+    Rows are written and removed by the schedulers themselves: an instance
+    that stopped heartbeating is retired by the others within the lease time.
+    """
+
+    list_display = ["id", "host", "pid", "started", "last_heartbeat", "alive"]
+    ordering = ["started"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("Alive"), boolean=True)
+    def alive(self, obj: DjangoSchedulerInstance) -> bool:
+        """True while the instance heartbeats within the lease time."""
+        return timezone.now() - obj.last_heartbeat < coordination.lease_time()

@@ -141,11 +141,13 @@ def main(config: dict[str, Any]) -> None:
             misfire_grace_time=spec.get("misfire_grace_time", 120),
             replace_existing=True,
         )
+    # BlockingScheduler.start() may return as soon as shutdown() has begun, so
+    # the process waits for the stopping thread to finish the shutdown.
     stopper = threading.Timer(max(0.0, config["until"] - time.time()), scheduler.shutdown)
-    stopper.daemon = True
     stopper.start()
     print(f"scheduler process {os.getpid()} starting", flush=True)
     scheduler.start()
+    stopper.join()
     print(f"scheduler process {os.getpid()} stopped", flush=True)
 
 

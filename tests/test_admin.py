@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from django_apscheduler.admin import DjangoJobAdmin, DjangoJobExecutionAdmin, StatusListFilter
-from django_apscheduler.models import DjangoJob, DjangoJobExecution
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from django_apscheduler.run_now import run_jobs_now
 from tests import jobs
 from tests.helpers import wait_until
@@ -32,6 +32,7 @@ ALL_STATUSES = [
     DjangoJobExecution.ERROR,
     DjangoJobExecution.MISSED,
     DjangoJobExecution.MAX_INSTANCES,
+    DjangoJobExecution.INTERRUPTED,
     *LEGACY_STATUSES,
 ]
 
@@ -212,6 +213,7 @@ def test_executions_page_colours_every_status_including_legacy_ones(admin_client
         )
     assert expected_colour[DjangoJobExecution.SUCCESS] == "green"
     assert expected_colour[DjangoJobExecution.ERROR] == "red"
+    assert expected_colour[DjangoJobExecution.INTERRUPTED] == "darkred"
 
 
 def test_executions_page_shows_zero_duration_as_zero_and_missing_as_na(admin_client):
@@ -246,14 +248,15 @@ def test_status_filter_offers_every_status_present(admin_client):
         spec for spec in response.context["cl"].filter_specs if isinstance(spec, StatusListFilter)
     ]
     offered = [value for value, _ in status_filter.lookup_choices]
-    assert offered[:5] == [
+    assert offered[:6] == [
         DjangoJobExecution.SUCCESS,
         DjangoJobExecution.SENT,
         DjangoJobExecution.ERROR,
         DjangoJobExecution.MISSED,
         DjangoJobExecution.MAX_INSTANCES,
+        DjangoJobExecution.INTERRUPTED,
     ]
-    assert sorted(offered[5:]) == sorted(LEGACY_STATUSES)
+    assert sorted(offered[6:]) == sorted(LEGACY_STATUSES)
     html = response.content.decode()
     assert "?status__exact=Missed%21" in html
     assert "?status__exact=Max+instances%21" in html
@@ -484,3 +487,25 @@ def test_jobs_cannot_be_added_or_edited_by_hand_in_the_admin(admin_client):
     page = admin_client.get(reverse("admin:django_apscheduler_djangojob_change", args=["hand"]))
     assert page.status_code == 200
     assert b'name="next_run_time' not in page.content
+
+
+def test_instances_page_lists_schedulers_and_whether_they_are_alive(admin_client):
+    now = datetime.now(timezone.utc)
+    DjangoSchedulerInstance.objects.create(
+        id="web1:101:aaaa", host="web1", pid=101, started=now, last_heartbeat=now
+    )
+    DjangoSchedulerInstance.objects.create(
+        id="web2:202:bbbb",
+        host="web2",
+        pid=202,
+        started=now - timedelta(hours=1),
+        last_heartbeat=now - timedelta(minutes=5),
+    )
+    url = "/admin/django_apscheduler/djangoschedulerinstance/"
+    html = admin_client.get(url).content.decode()
+    alive = row_of(html, "web1:101:aaaa")
+    dead = row_of(html, "web2:202:bbbb")
+    assert 'alt="True"' in alive and 'alt="False"' in dead
+    assert admin_client.get(url + "add/").status_code == 403
+    change = admin_client.get(url + "web1:101:aaaa/change/")
+    assert change.status_code == 200 and b'name="_save"' not in change.content

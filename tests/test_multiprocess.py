@@ -273,7 +273,12 @@ def test_changes_from_another_process_reach_running_schedulers(processes, writer
         runs = tmp_path / f"live-{i}.jsonl"
         added = time.time()
         writer.add_job(
-            log_run, "date", args=[str(runs)], id=f"live-{i}", run_date=datetime.now(UTC)
+            log_run,
+            "date",
+            args=[str(runs)],
+            id=f"live-{i}",
+            run_date=datetime.now(UTC),
+            misfire_grace_time=60,
         )
         started = wait_until(lambda path=str(runs): read_lines(path), timeout=30)[0]
         latencies.append(started["t"] - added)
@@ -281,7 +286,12 @@ def test_changes_from_another_process_reach_running_schedulers(processes, writer
     # A job moved from next year to now starts too.
     runs = tmp_path / "moved.jsonl"
     writer.add_job(
-        log_run, "date", args=[str(runs)], id="moved", run_date=datetime(2099, 1, 1, tzinfo=UTC)
+        log_run,
+        "date",
+        args=[str(runs)],
+        id="moved",
+        run_date=datetime(2099, 1, 1, tzinfo=UTC),
+        misfire_grace_time=60,
     )
     time.sleep(0.5)
     moved = time.time()
@@ -302,8 +312,9 @@ def test_changes_from_another_process_reach_running_schedulers(processes, writer
 def test_pause_and_remove_win_races_with_dispatch(processes, writer):
     """Pausing or removing a job while schedulers dispatch it: the pause or removal stands."""
     until = time.time() + 90
+    # A short poll, so the schedulers pick the job up while the test pauses it.
     for _ in range(2):
-        processes.start({"jobs": [], "until": until})
+        processes.start({"jobs": [], "until": until}, {"APSCHEDULER_POLL_INTERVAL": 0.1})
     wait_until(lambda: DjangoSchedulerInstance.objects.count() == 2, timeout=30)
     rng = random.Random(3)
 
