@@ -73,6 +73,16 @@ class Backend:
             return queryset.select_for_update(skip_locked=True)
         return queryset.select_for_update()
 
+    def lock_against_removal(self, queryset: QuerySet, using: str) -> QuerySet:
+        """Lock the rows ``queryset`` selects so they cannot be deleted until the commit.
+
+        Taken by the execution log before it adds rows referring to jobs: a
+        concurrent removal of a job waits, then deletes the new rows with it.
+        """
+        if not connections[using].features.has_select_for_update:
+            return queryset
+        return queryset.select_for_update()
+
     def notify(self, using: str) -> None:
         """Announce that jobs changed, to schedulers listening (no-op where nobody can listen).
 
@@ -116,6 +126,11 @@ class PostgreSQLBackend(Backend):
         diag = getattr(cause, "diag", None)
         severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", None)
         return severity in ("FATAL", "PANIC")
+
+    def lock_against_removal(self, queryset: QuerySet, using: str) -> QuerySet:
+        # FOR NO KEY UPDATE blocks DELETE but not the key-share locks of
+        # foreign-key checks, so inserting executions elsewhere is not held up.
+        return queryset.select_for_update(no_key=True)
 
     def notify(self, using: str) -> None:
         with connections[using].cursor() as cursor:

@@ -160,10 +160,11 @@ def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
                 f"{instance.host}) stopped heartbeating after {instance.last_heartbeat.isoformat()} "
                 "before this run finished."
             )
-            count = interrupt_runs(using, instance.id, reason)
+            # Jobs before executions, the order in which the execution log locks.
             DjangoJob.objects.using(using).filter(acquired_by=instance.id).update(
                 acquired_by=None, acquired_until=None
             )
+            count = interrupt_runs(using, instance.id, reason)
             deleted, _ = (
                 DjangoSchedulerInstance.objects.using(using)
                 .filter(id=instance.id, last_heartbeat=instance.last_heartbeat)

@@ -157,10 +157,13 @@ def _write(
 ) -> dict[tuple[str, datetime], int]:
     """Write merged records in one transaction; return the execution id of each key written."""
     job_ids = {job_id for job_id, _ in records}
-    with backends.for_alias(using).write_transaction(using):
-        alive = set(
-            DjangoJob.objects.using(using).filter(id__in=job_ids).values_list("id", flat=True)
-        )
+    backend = backends.for_alias(using)
+    with backend.write_transaction(using):
+        # Lock the jobs first: a job removed meanwhile is then either gone
+        # (its runs are skipped) or removed after this commit, with the rows
+        # written here; never removed under them.
+        jobs = DjangoJob.objects.using(using).filter(id__in=job_ids).order_by("id")
+        alive = set(backend.lock_against_removal(jobs, using).values_list("id", flat=True))
         wanted = {key: rec for key, rec in records.items() if key[0] in alive}
         for key in records.keys() - wanted.keys():
             logger.debug("Job %r no longer exists; not logging its run at %s", key[0], key[1])

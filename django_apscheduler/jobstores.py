@@ -561,7 +561,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             nonlocal attempts
             attempts += 1
             with backend.write_transaction(using):
-                deleted, _ = DjangoJob.objects.using(using).filter(id=job_id).delete()
+                # Locked first, so a run being logged right now is either
+                # written before (and deleted with the job) or skipped after.
+                rows = DjangoJob.objects.using(using).filter(id=job_id)
+                locked = list(backend.lock_against_removal(rows, using).values_list("id"))
+                deleted, _ = rows.delete() if locked else (0, None)
                 if deleted:
                     backend.notify(using)
             # Nothing to delete on a retry: the first attempt's commit may have gone
@@ -577,6 +581,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             using = self._db
             backend = backends.for_alias(using)
             with backend.write_transaction(using):
+                jobs = DjangoJob.objects.using(using).order_by("id")
+                list(backend.lock_against_removal(jobs, using).values_list("id"))
                 DjangoJobExecution.objects.using(using).all().delete()
                 DjangoJob.objects.using(using).all().delete()
                 backend.notify(using)
