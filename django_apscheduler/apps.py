@@ -6,3 +6,9 @@ class DjangoApschedulerConfig(AppConfig):
 
     name = "django_apscheduler"
     verbose_name = "Django APScheduler"
+
+    def ready(self) -> None:
+        from django_apscheduler import checks, conf, runner  # noqa: F401 (checks registers)
+
+        if conf.get("APSCHEDULER_AUTOSTART") is True and runner.autostart_wanted():
+            runner.autostart()

@@ -35,9 +35,129 @@ DEFAULTS: dict[str, Any] = {
     # Most due jobs one scheduler takes from the database in one dispatch round;
     # the rest wait for its next round or go to other schedulers.
     "APSCHEDULER_DISPATCH_BATCH_SIZE": 500,
+    # --- the built-in runner (runapscheduler, autostart, the client API) ---
+    # Time zone of the schedulers this app builds; None: Django's TIME_ZONE.
+    "APSCHEDULER_TIMEZONE": None,
+    # Threads of the default executor.
+    "APSCHEDULER_THREADS": 10,
+    # Processes of an extra "processpool" executor; 0: no process pool.
+    "APSCHEDULER_PROCESSES": 0,
+    # APScheduler job defaults, over ours (misfire_grace_time 30, coalesce True,
+    # max_instances 1).
+    "APSCHEDULER_JOB_DEFAULTS": {},
+    # Which runs are logged in DjangoJobExecution: "all", "failures" (errors,
+    # missed and refused runs only) or "none".
+    "APSCHEDULER_EXECUTION_LOG": "all",
+    # Seconds after which logged runs are deleted by running schedulers; None: kept.
+    "APSCHEDULER_EXECUTION_RETENTION": None,
+    # Start a background scheduler in each web process (see docs/deployment.md).
+    "APSCHEDULER_AUTOSTART": False,
+    # Seconds runapscheduler waits for running jobs after SIGTERM/SIGINT.
+    "APSCHEDULER_SHUTDOWN_TIMEOUT": 30,
+    # Module name looked up in every installed app for jobs declared in code.
+    "APSCHEDULER_JOBS_MODULE": "jobs",
 }
+
+#: The job defaults of the schedulers this app builds, before APSCHEDULER_JOB_DEFAULTS.
+#: A grace time of 30 s (APScheduler's is 1 s) so that a job added elsewhere to run
+#: "now" is not reported missed because it reached the scheduler a poll later.
+JOB_DEFAULTS: dict[str, Any] = {"misfire_grace_time": 30, "coalesce": True, "max_instances": 1}
+
+EXECUTION_LOG_CHOICES = ("all", "failures", "none")
 
 
 def get(name: str) -> Any:
     """Return the value of setting ``name``, or its default."""
     return getattr(settings, name, DEFAULTS[name])
+
+
+def _number(name: str, *, minimum: float, allow_none: bool = False) -> str | None:
+    value = get(name)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        bound = "a number" if minimum <= 0 else f"a number of at least {minimum}"
+        extra = " or None" if allow_none else ""
+        return f"{name} must be {bound}{extra}; it is {value!r}."
+    return None
+
+
+def problems() -> list[tuple[str, str, str]]:
+    """Every misconfigured setting: (check id, message, hint), for the system checks."""
+    found: list[tuple[str, str, str]] = []
+
+    def add(message: str | None, hint: str = "", code: str = "E001") -> None:
+        if message:
+            found.append((f"django_apscheduler.{code}", message, hint))
+
+    for name in (
+        "APSCHEDULER_DB_RETRY_TIMEOUT",
+        "APSCHEDULER_RUN_NOW_TIMEOUT",
+        "APSCHEDULER_SHUTDOWN_TIMEOUT",
+    ):
+        add(_number(name, minimum=0))
+    for name in ("APSCHEDULER_LEASE_TIME", "APSCHEDULER_HEARTBEAT_INTERVAL"):
+        add(_number(name, minimum=0.1))
+    add(_number("APSCHEDULER_POLL_INTERVAL", minimum=0.05))
+    add(_number("APSCHEDULER_EXECUTION_RETENTION", minimum=1, allow_none=True))
+    for name, minimum in (
+        ("APSCHEDULER_DISPATCH_BATCH_SIZE", 1),
+        ("APSCHEDULER_THREADS", 1),
+        ("APSCHEDULER_PROCESSES", 0),
+    ):
+        value = get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            add(f"{name} must be an integer of at least {minimum}; it is {value!r}.")
+    lease, beat = get("APSCHEDULER_LEASE_TIME"), get("APSCHEDULER_HEARTBEAT_INTERVAL")
+    if not found and beat * 2 > lease:
+        add(
+            f"APSCHEDULER_HEARTBEAT_INTERVAL ({beat}) must be at most half of "
+            f"APSCHEDULER_LEASE_TIME ({lease}).",
+            "Otherwise one late heartbeat lets another scheduler take over jobs that are "
+            "still running.",
+            "E002",
+        )
+    if get("APSCHEDULER_EXECUTION_LOG") not in EXECUTION_LOG_CHOICES:
+        add(
+            f"APSCHEDULER_EXECUTION_LOG must be one of {', '.join(EXECUTION_LOG_CHOICES)}; "
+            f"it is {get('APSCHEDULER_EXECUTION_LOG')!r}.",
+            code="E003",
+        )
+    defaults = get("APSCHEDULER_JOB_DEFAULTS")
+    if not isinstance(defaults, dict):
+        add(f"APSCHEDULER_JOB_DEFAULTS must be a dict; it is {defaults!r}.", code="E004")
+    else:
+        unknown = sorted(set(defaults) - set(JOB_DEFAULTS))
+        if unknown:
+            add(
+                f"APSCHEDULER_JOB_DEFAULTS has unknown keys: {', '.join(unknown)}.",
+                f"Known keys: {', '.join(sorted(JOB_DEFAULTS))}.",
+                "E004",
+            )
+    if not isinstance(get("APSCHEDULER_AUTOSTART"), bool):
+        add(
+            f"APSCHEDULER_AUTOSTART must be True or False; it is {get('APSCHEDULER_AUTOSTART')!r}.",
+            code="E005",
+        )
+    tz = get("APSCHEDULER_TIMEZONE")
+    if tz is not None:
+        try:
+            from apscheduler.util import astimezone
+
+            astimezone(tz)
+        except Exception as exc:
+            add(f"APSCHEDULER_TIMEZONE {tz!r} is not a time zone: {exc}", code="E006")
+    module = get("APSCHEDULER_JOBS_MODULE")
+    if not isinstance(module, str) or not module.isidentifier():
+        add(f"APSCHEDULER_JOBS_MODULE must be a module name; it is {module!r}.", code="E007")
+    return found
+
+
+def timezone_name() -> Any:
+    """The time zone of the schedulers this app builds."""
+    return get("APSCHEDULER_TIMEZONE") or getattr(settings, "TIME_ZONE", None) or "UTC"
+
+
+def job_defaults() -> dict[str, Any]:
+    """Our job defaults with ``APSCHEDULER_JOB_DEFAULTS`` applied."""
+    return {**JOB_DEFAULTS, **get("APSCHEDULER_JOB_DEFAULTS")}

@@ -40,7 +40,7 @@ from apscheduler.events import (
 )
 from django.db import close_old_connections, connections, router
 
-from django_apscheduler import backends, db, util
+from django_apscheduler import backends, conf, db, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 logger = logging.getLogger(__name__)
@@ -499,6 +499,22 @@ def _flush_at_exit() -> None:
     _shutting_down = True
 
 
+#: Statuses that count as failures for ``APSCHEDULER_EXECUTION_LOG = "failures"``.
+FAILURES = frozenset(
+    {DjangoJobExecution.ERROR, DjangoJobExecution.MISSED, DjangoJobExecution.MAX_INSTANCES}
+)
+
+
+def _logged(record: Record) -> bool:
+    """Whether ``APSCHEDULER_EXECUTION_LOG`` wants ``record`` in the log."""
+    policy = conf.get("APSCHEDULER_EXECUTION_LOG")
+    if policy == "none":
+        return False
+    if policy == "failures":
+        return record.status in FAILURES
+    return True
+
+
 def make_listener(
     jobstore_alias: Callable[[], str | None],
     instance: Callable[[], str | None] = lambda: None,
@@ -514,7 +530,9 @@ def make_listener(
             return
         try:
             started = pop_start(event.job_id, getattr(event, "scheduled_run_time", None))
-            records = records_from_event(event, started)
+            records = [r for r in records_from_event(event, started) if _logged(r)]
+            if not records:
+                return
             name = instance()
             for record in records:
                 record.instance = name

@@ -48,6 +48,11 @@ class DjangoJob(models.Model):
         editable=False,
         help_text=_("When the hold ends unless its scheduler instance renews it."),
     )
+    declared_in_code = models.BooleanField(
+        null=True,
+        editable=False,
+        help_text=_("Declared with @scheduled_job: removed when its declaration is."),
+    )
     # NULL counts as 0: no default, so adding the column rewrites no existing row.
     version = models.PositiveIntegerField(
         null=True,

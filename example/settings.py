@@ -67,7 +67,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
 USE_TZ = True
-# The scheduler's time zone too (see the runapscheduler command).
+# The scheduler's time zone too, unless APSCHEDULER_TIMEZONE says otherwise.
 TIME_ZONE = "UTC"
 
 STATIC_URL = "static/"
@@ -76,6 +76,16 @@ STATIC_URL = "static/"
 APSCHEDULER_DATETIME_FORMAT = "N j, Y, f:s a"  # how the admin shows datetimes
 APSCHEDULER_RUN_NOW_TIMEOUT = 15  # seconds the admin's "run now" action waits
 APSCHEDULER_DB_RETRY_TIMEOUT = 30  # seconds a store operation retries a lost connection
+APSCHEDULER_LEASE_TIME = 10  # seconds before a dead scheduler's jobs are taken over
+APSCHEDULER_HEARTBEAT_INTERVAL = 4  # seconds between two heartbeats of a scheduler
+APSCHEDULER_POLL_INTERVAL = 2  # seconds between two checks for jobs changed elsewhere
+APSCHEDULER_THREADS = 10  # threads running jobs in each scheduler
+APSCHEDULER_EXECUTION_LOG = "all"  # or "failures", or "none"
+APSCHEDULER_SHUTDOWN_TIMEOUT = 30  # seconds a stopping runapscheduler waits for running jobs
+APSCHEDULER_AUTOSTART = False  # True: a scheduler in each web process (docs/deployment.md)
+
+# Not a default: delete logged runs after a week (None keeps them).
+APSCHEDULER_EXECUTION_RETENTION = 7 * 24 * 3600
 
 # Show what the scheduler does: APScheduler's and django-apscheduler's INFO messages.
 LOGGING = {

@@ -1,32 +1,27 @@
-"""The jobs the demo scheduler runs.
+"""The demo's jobs, declared in code: ``manage.py runapscheduler`` finds and schedules them.
 
-A stored job refers to its function by import path (``example.demo.jobs:demo_job``),
-so job functions live at module level in an importable module.
+Every installed app's ``jobs`` module is imported when a scheduler starts, and
+each ``@scheduled_job`` function becomes a stored job (added, updated or
+removed to match this file). A stored job refers to its function by import
+path, so job functions live at module level.
 """
 
 from django.utils import timezone
 
-from django_apscheduler import util
+from django_apscheduler import scheduled_job
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
-#: A week, in seconds: how long the run log is kept.
-MAX_AGE = 604_800
 
-
-# ``close_old_connections`` replaces database connections that have gone stale
-# before and after each run, as Django does around each request. Wrap every job
-# that uses the database with it.
-@util.close_old_connections
+# Each run gets fresh database connections, as a request does; nothing to decorate.
+@scheduled_job("cron", second="*/10", id="demo_job", max_instances=1)
 def demo_job() -> None:
-    """Stand-in for real work: print the time and how many jobs are stored."""
+    """Stand-in for real work: print the time, the stored jobs and this job's logged runs."""
     now = timezone.localtime()
+    logged = DjangoJobExecution.objects.filter(
+        job_id="demo_job", status=DjangoJobExecution.SUCCESS
+    ).count()
     print(
-        f"demo_job: hello at {now:%H:%M:%S %Z} ({DjangoJob.objects.count()} jobs stored)",
+        f"demo_job: hello at {now:%H:%M:%S %Z} ({DjangoJob.objects.count()} jobs stored, "
+        f"{logged} earlier runs logged)",
         flush=True,
     )
-
-
-@util.close_old_connections
-def delete_old_job_executions(max_age: int = MAX_AGE) -> None:
-    """Delete the logged runs older than ``max_age`` seconds, so the log doesn't grow forever."""
-    DjangoJobExecution.objects.delete_old_job_executions(max_age)

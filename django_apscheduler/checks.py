@@ -1,0 +1,22 @@
+"""Django system checks for the ``APSCHEDULER_*`` settings.
+
+A misconfigured setting is reported by ``manage.py check`` (and before every
+management command) with the setting's name and value, instead of surfacing
+as a crash inside a scheduler thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+
+from django_apscheduler import conf
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One error per misconfigured ``APSCHEDULER_*`` setting."""
+    return [
+        checks.Error(message, hint=hint or None, id=code) for code, message, hint in conf.problems()
+    ]

@@ -1,0 +1,143 @@
+"""Adding and changing jobs from application code: views, the shell, tasks.
+
+::
+
+    from django_apscheduler import client
+
+    client.add_job(send_report, "date", run_date=when, id=f"report-{pk}", args=[pk])
+    client.pause_job("nightly-cleanup")
+    client.run_job_now("nightly-cleanup")
+
+Every call writes to the database through a ``DjangoJobStore`` and wakes the
+running schedulers (at once on PostgreSQL, within
+``APSCHEDULER_POLL_INTERVAL`` elsewhere); it works the same whether or not a
+scheduler runs in the calling process, and it never runs a job itself. The
+functions are thin wrappers over APScheduler's scheduler methods of the same
+names, on a scheduler that is started paused and never dispatches; jobs get
+the app's job defaults (``APSCHEDULER_JOB_DEFAULTS``).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any, Callable
+
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.base import BaseScheduler
+from django.utils import timezone
+
+from django_apscheduler import conf, runner
+from django_apscheduler.jobstores import DjangoJobStore
+
+
+class JobNotFound(JobLookupError):
+    """No job with this id is stored; the message names the id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"No job with the id {self.job_id!r} is stored."
+
+
+class _WriterScheduler(BaseScheduler):
+    """A scheduler that only writes: started paused, it has no thread and dispatches nothing."""
+
+    def wakeup(self) -> None:
+        scheduler = runner.autostarted()
+        if scheduler is not None:  # a scheduler in this process: no need to wait for its poll
+            scheduler.scheduler.wakeup()
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait=False)
+
+
+_writer: _WriterScheduler | None = None
+_lock = threading.Lock()
+
+
+def scheduler() -> BaseScheduler:
+    """The process's writing scheduler (created on first use)."""
+    global _writer
+    with _lock:
+        if _writer is None:
+            writer = _WriterScheduler(
+                timezone=conf.timezone_name(), job_defaults=conf.job_defaults()
+            )
+            writer.add_jobstore(DjangoJobStore(), "default")
+            writer.start(paused=True)
+            _writer = writer
+        return _writer
+
+
+def _existing(job_id: str) -> Job:
+    job = scheduler().get_job(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def add_job(func: Callable[..., Any] | str, trigger: Any = None, **kwargs: Any) -> Job:
+    """Store a new job (APScheduler's ``add_job``: trigger, ``id``, options, ``replace_existing``)."""
+    return scheduler().add_job(func, trigger, **kwargs)
+
+
+def get_job(job_id: str) -> Job | None:
+    """The stored job ``job_id``, or None."""
+    return scheduler().get_job(job_id)
+
+
+def get_jobs() -> list[Job]:
+    """Every stored job, next to run first, paused ones last."""
+    return scheduler().get_jobs()
+
+
+def modify_job(job_id: str, **changes: Any) -> Job:
+    """Change a stored job's options or arguments (APScheduler's ``modify_job``)."""
+    _existing(job_id)
+    return scheduler().modify_job(job_id, **changes)
+
+
+def reschedule_job(job_id: str, trigger: Any = None, **trigger_args: Any) -> Job:
+    """Give a stored job a new trigger; its next run time follows from it."""
+    _existing(job_id)
+    return scheduler().reschedule_job(job_id, trigger=trigger, **trigger_args)
+
+
+def pause_job(job_id: str) -> Job:
+    """Stop a job from running until it is resumed."""
+    _existing(job_id)
+    return scheduler().pause_job(job_id)
+
+
+def resume_job(job_id: str) -> Job | None:
+    """Let a paused job run again from its trigger's next fire time (None if it has none left)."""
+    _existing(job_id)
+    return scheduler().resume_job(job_id)
+
+
+def remove_job(job_id: str) -> None:
+    """Delete a stored job and its execution log."""
+    _existing(job_id)
+    scheduler().remove_job(job_id)
+
+
+def run_job_now(job_id: str) -> Job:
+    """Have the running schedulers run a job now, once, then keep its schedule.
+
+    The job's next run time becomes now; after that run the schedule goes on
+    from its trigger. A paused job stays paused: it is refused with a
+    ``ValueError``; resume it first, or run it in this process with
+    ``django_apscheduler.run_now.run_jobs_now``.
+    """
+    job = _existing(job_id)
+    if job.next_run_time is None:
+        raise ValueError(
+            f"Job {job_id!r} is paused; resume it first (or run it here with "
+            "django_apscheduler.run_now.run_jobs_now)."
+        )
+    now: datetime = timezone.now()
+    return scheduler().modify_job(job_id, next_run_time=now)

@@ -1,0 +1,261 @@
+"""The scheduler runner: schedulers configured from settings, started safely.
+
+Used by ``manage.py runapscheduler`` (a scheduler in a process of its own,
+with graceful stop on SIGTERM/SIGINT and a ``--burst`` mode) and by autostart
+(a background scheduler in each web process, ``APSCHEDULER_AUTOSTART``).
+Both sync the jobs declared in code before dispatching anything, and both are
+safe to run in any number of processes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from apscheduler.executors.pool import ProcessPoolExecutor, ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from django.utils import timezone
+
+from django_apscheduler import conf, coordination, declared, executions
+from django_apscheduler.jobstores import DjangoJobStore
+
+logger = logging.getLogger(__name__)
+
+#: The job store alias of the runner's own housekeeping jobs (never logged).
+INTERNAL_STORE = "django_apscheduler_internal"
+
+#: Seconds between two prunes of the execution log when a retention is set.
+PRUNE_INTERVAL = 3600
+
+
+def prune_executions() -> int:
+    """Delete logged runs older than ``APSCHEDULER_EXECUTION_RETENTION``; return how many."""
+    from django_apscheduler.models import DjangoJobExecution
+
+    retention = conf.get("APSCHEDULER_EXECUTION_RETENTION")
+    if retention is None:
+        return 0
+    deleted = DjangoJobExecution.objects.delete_old_job_executions(int(retention))
+    if deleted:
+        logger.info("Deleted %d logged runs older than %s s", deleted, retention)
+    return deleted
+
+
+class Runner:
+    """One scheduler built from settings, with its ``DjangoJobStore``.
+
+    :param scheduler_class: APScheduler scheduler class; a background
+        scheduler by default (the caller's thread stays free).
+    """
+
+    def __init__(self, scheduler_class: type = BackgroundScheduler) -> None:
+        executors: dict[str, Any] = {"default": ThreadPoolExecutor(conf.get("APSCHEDULER_THREADS"))}
+        processes = conf.get("APSCHEDULER_PROCESSES")
+        if processes:
+            executors["processpool"] = ProcessPoolExecutor(processes)
+        self.scheduler = scheduler_class(
+            timezone=conf.timezone_name(),
+            executors=executors,
+            job_defaults=conf.job_defaults(),
+        )
+        self.store = DjangoJobStore()
+        self.scheduler.add_jobstore(self.store, "default")
+        self.scheduler.add_jobstore(MemoryJobStore(), INTERNAL_STORE)
+
+    def start(self, *, paused: bool = False) -> declared.SyncReport:
+        """Start the scheduler, syncing the jobs declared in code before any dispatch."""
+        self.scheduler.start(paused=True)
+        report = declared.sync(self.scheduler)
+        if conf.get("APSCHEDULER_EXECUTION_RETENTION") is not None:
+            self.scheduler.add_job(
+                prune_executions,
+                "interval",
+                seconds=PRUNE_INTERVAL,
+                next_run_time=timezone.now(),
+                id="django_apscheduler.prune_executions",
+                jobstore=INTERNAL_STORE,
+                replace_existing=True,
+            )
+        if not paused:
+            self.scheduler.resume()
+        return report
+
+    def running_jobs(self) -> int:
+        """Runs of this scheduler's jobs still executing (or queued in an executor)."""
+        total = 0
+        for executor in list(getattr(self.scheduler, "_executors", {}).values()):
+            total += sum(getattr(executor, "_instances", {}).values())
+        return total
+
+    def due_left(self, due_by: Any) -> bool:
+        """True while a job that was due by ``due_by`` is still waiting to be dispatched here."""
+        instance = self.store._coordinator.instance_id
+        if instance is None:  # not a single dispatch round yet
+            return True
+        earliest = coordination.earliest_claimable(
+            self.store._db, instance, self.store._known_broken()
+        )
+        return earliest is not None and earliest <= due_by
+
+    def stop(self, timeout: float) -> int:
+        """Stop taking fires, wait up to ``timeout`` s for running jobs, shut down.
+
+        Returns the number of runs still going at the end; the store marks
+        them "Interrupted" as it shuts down.
+        """
+        if self.scheduler.running:
+            self.scheduler.pause()
+        deadline = time.monotonic() + timeout
+        while self.running_jobs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = self.running_jobs()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        return left
+
+
+def run_until_stopped(
+    *,
+    burst: bool = False,
+    seconds: float | None = None,
+    write: Callable[[str], None] = print,
+) -> int:
+    """Run a scheduler in this process until SIGTERM/SIGINT (or ``--burst``/``seconds``).
+
+    The first signal stops taking new fires and waits up to
+    ``APSCHEDULER_SHUTDOWN_TIMEOUT`` seconds for running jobs; runs still going
+    then are marked "Interrupted". A second signal exits at once. Returns the
+    process exit code (0 for a graceful stop).
+    """
+    stopping = threading.Event()
+    signals_seen = 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            stopping.set()
+            return
+        write("Second signal: exiting at once.")
+        _flush_and_exit(1)
+
+    handled = [signal.SIGINT, signal.SIGTERM]
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+    runner = Runner()
+    started_at = timezone.now()
+    try:
+        report = runner.start()
+        write(
+            f"Scheduler instance started ({len(report.declared)} jobs declared in code"
+            + (f", {len(report.removed)} removed" if report.removed else "")
+            + ")."
+            + ("" if burst else " Stop it with Ctrl-C or SIGTERM.")
+        )
+        began = time.monotonic()
+        while not stopping.wait(0.1):
+            if seconds is not None and time.monotonic() - began >= seconds:
+                break
+            if burst and not runner.running_jobs() and not runner.due_left(started_at):
+                break
+        timeout = float(conf.get("APSCHEDULER_SHUTDOWN_TIMEOUT"))
+        if stopping.is_set():
+            write(
+                f"Stopping: no new fires; waiting up to {timeout:g} s for running jobs "
+                "(signal again to exit at once)."
+            )
+        left = runner.stop(timeout)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if left:
+        write(f"Stopped with {left} runs unfinished; they are marked Interrupted.")
+        # Their threads cannot be stopped, and would keep the interpreter alive.
+        _flush_and_exit(0)
+    write("Scheduler stopped.")
+    return 0
+
+
+def _flush_and_exit(code: int) -> None:
+    executions.recorder.flush(timeout=5)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+# --- Autostart -------------------------------------------------------------------
+
+_autostarted: Runner | None = None
+_autostart_lock = threading.Lock()
+
+#: Management commands that serve requests; every other command never autostarts.
+SERVING_COMMANDS = frozenset({"runserver"})
+
+
+def autostart_wanted(argv: list[str] | None = None, environ: Any = None) -> bool:
+    """True if this process should run an autostarted scheduler.
+
+    Not under management commands other than ``runserver``; under
+    ``runserver``, only in the process that serves requests (not the
+    autoreloader's watcher); not under pytest. Any other process (gunicorn,
+    uwsgi, daphne, uvicorn workers) does.
+    """
+    argv = sys.argv if argv is None else argv
+    environ = os.environ if environ is None else environ
+    program = os.path.basename(argv[0]) if argv else ""
+    if program.startswith(("pytest", "py.test")) or "PYTEST_CURRENT_TEST" in environ:
+        return False
+    is_django_cli = program in ("manage.py", "django-admin", "django-admin.py") or (
+        program == "__main__.py" and os.sep + "django" + os.sep in argv[0]
+    )
+    if not is_django_cli:
+        return True
+    command = argv[1] if len(argv) > 1 else ""
+    if command not in SERVING_COMMANDS:
+        return False
+    return "--noreload" in argv or environ.get("RUN_MAIN") == "true"
+
+
+def autostart() -> None:
+    """Start this process's background scheduler once the app registry is ready.
+
+    Called from ``AppConfig.ready()`` when ``APSCHEDULER_AUTOSTART`` is on. The
+    scheduler starts in a thread of its own (the database is not touched
+    while apps load). Under gunicorn with ``--preload`` that is the master
+    process, once for the whole server; without it, each worker.
+    """
+    thread = threading.Thread(target=_autostart_when_ready, name="django_apscheduler-autostart")
+    thread.daemon = True
+    thread.start()
+
+
+def _autostart_when_ready() -> None:
+    from django.apps import apps
+
+    while not apps.ready:
+        time.sleep(0.05)
+    global _autostarted
+    with _autostart_lock:
+        if _autostarted is not None:
+            return
+        try:
+            runner = Runner()
+            runner.start()
+        except Exception:
+            logger.exception("Could not autostart the scheduler (APSCHEDULER_AUTOSTART)")
+            return
+        _autostarted = runner
+    logger.info("Autostarted a scheduler in process %d", os.getpid())
+
+
+def autostarted() -> Runner | None:
+    """The scheduler autostarted in this process, if any."""
+    return _autostarted
