@@ -48,6 +48,15 @@ def run_until(path: str, deadline: float) -> None:
     _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
 
 
+def log_fire(path: str, tag: str) -> None:
+    """Append the scheduled run time of this fire (read from APScheduler's ``run_job``)."""
+    frame = sys._getframe(1)
+    while frame is not None and not isinstance(frame.f_locals.get("run_time"), datetime):
+        frame = frame.f_back  # type: ignore[assignment]
+    run_time = frame.f_locals["run_time"].timestamp() if frame is not None else None
+    _append(path, {"tag": tag, "pid": os.getpid(), "run_time": run_time, "t": time.time()})
+
+
 def _append(path: str, record: dict[str, Any]) -> None:
     with open(path, "a") as file:
         file.write(json.dumps(record) + "\n")

@@ -1,0 +1,266 @@
+"""The built-in runner: ``runapscheduler`` as a real process, declared jobs, autostart.
+
+Processes run ``python -m django runapscheduler`` (or gunicorn) on the test
+database with the test settings, plus the ``tests.declaring`` app whose
+``jobs`` module declares jobs according to ``DECLARING_VARIANT``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from django_apscheduler import client
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+from django_apscheduler.runner import autostart_wanted
+from tests.helpers import wait_until
+from tests.scheduler_process import read_lines
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = [*settings.INSTALLED_APPS, "tests.declaring"]
+
+
+def _env(variant: str = "", extra_settings: dict | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DJANGO_APSCHEDULER_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+        DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(
+            {"INSTALLED_APPS": APPS, **(extra_settings or {})}
+        ),
+        DECLARING_VARIANT=variant,
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def _django(*args: str) -> list[str]:
+    return [sys.executable, "-m", "django", *args]
+
+
+def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "wanted"),
+    [
+        (["manage.py", "migrate"], {}, False),
+        (["manage.py", "makemigrations"], {}, False),
+        (["manage.py", "shell"], {}, False),
+        (["manage.py", "collectstatic"], {}, False),
+        (["/x/django/__main__.py", "test"], {}, False),
+        (["manage.py", "runapscheduler"], {}, False),
+        (["manage.py", "runserver"], {}, False),  # the autoreloader's watcher
+        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, True),  # the serving child
+        (["manage.py", "runserver", "--noreload"], {}, True),
+        (["/venv/bin/gunicorn", "project.wsgi"], {}, True),
+        (["/venv/bin/uwsgi"], {}, True),
+        (["/venv/bin/pytest"], {}, False),
+        (["/venv/bin/gunicorn"], {"PYTEST_CURRENT_TEST": "x"}, False),
+    ],
+)
+def test_autostart_only_where_requests_are_served(argv, environ, wanted):
+    """Never under management commands other than runserver; once under the autoreloader."""
+    assert autostart_wanted(argv, environ) is wanted
+
+
+def test_a_projects_own_runapscheduler_keeps_working(tmp_path):
+    """The 0.7.0 README had users write runapscheduler; theirs runs, whatever the app order."""
+    env = _env()
+    apps = [*settings.INSTALLED_APPS, "tests.handwritten"]  # listed after django_apscheduler
+    env["DJANGO_APSCHEDULER_TEST_SETTINGS"] = json.dumps({"INSTALLED_APPS": apps})
+    done = subprocess.run(
+        _django("runapscheduler", "--own-option", "kept"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "handwritten runapscheduler ran (own option: kept)" in done.stdout
+
+
+def test_sigterm_waits_for_running_jobs_then_exits_0(tmp_path):
+    """SIGTERM: no new fires, the running job finishes, its run is logged Executed, exit 0."""
+    runs = tmp_path / "runs.jsonl"
+    env = _env("slow", DECLARING_OUTPUT=str(runs), DECLARING_SECONDS="3")
+    proc = _start(_django("runapscheduler", "-v", "2"), env, tmp_path / "out.log")
+    try:
+        wait_until(lambda: read_lines(str(runs)), timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "out.log").read_text()
+    finally:
+        proc.kill()
+    output = (tmp_path / "out.log").read_text()
+    assert "Stopping: no new fires" in output and "Scheduler stopped." in output, output
+    lines = read_lines(str(runs))
+    assert [line["event"] for line in lines] == ["start", "end"], lines  # no fire after the signal
+    statuses = list(
+        DjangoJobExecution.objects.filter(job_id="slow").values_list("status", flat=True)
+    )
+    assert statuses == [DjangoJobExecution.SUCCESS], statuses
+    assert not DjangoSchedulerInstance.objects.exists()
+
+
+def test_sigterm_marks_jobs_still_running_after_the_timeout_interrupted(tmp_path):
+    """A job outliving APSCHEDULER_SHUTDOWN_TIMEOUT is marked Interrupted; a 2nd signal exits at once."""
+    runs = tmp_path / "runs.jsonl"
+    env = _env(
+        "slow",
+        {"APSCHEDULER_SHUTDOWN_TIMEOUT": 1},
+        DECLARING_OUTPUT=str(runs),
+        DECLARING_SECONDS="60",
+    )
+    proc = _start(_django("runapscheduler"), env, tmp_path / "out.log")
+    try:
+        wait_until(lambda: read_lines(str(runs)), timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "out.log").read_text()
+    finally:
+        proc.kill()
+    output = (tmp_path / "out.log").read_text()
+    assert "1 runs unfinished" in output, output
+    [run] = DjangoJobExecution.objects.filter(job_id="slow")
+    assert run.status == DjangoJobExecution.INTERRUPTED
+    assert "shut down before this run finished" in run.exception
+
+    # With no timeout to speak of, a second signal ends the wait at once.
+    env["DJANGO_APSCHEDULER_TEST_SETTINGS"] = json.dumps(
+        {"INSTALLED_APPS": APPS, "APSCHEDULER_SHUTDOWN_TIMEOUT": 600}
+    )
+    runs.unlink()
+    proc = _start(_django("runapscheduler"), env, tmp_path / "out2.log")
+    try:
+        wait_until(lambda: read_lines(str(runs)), timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None  # waiting for the job
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 1
+    finally:
+        proc.kill()
+    assert "Second signal: exiting at once." in (tmp_path / "out2.log").read_text()
+
+
+def test_burst_runs_what_is_due_and_exits(tmp_path):
+    """--burst: the jobs due now run (and are logged); later ones do not; exit 0."""
+    due, later = tmp_path / "due.jsonl", tmp_path / "later.jsonl"
+    client.add_job("tests.scheduler_process:log_run", "date", args=[str(due)], id="due")
+    client.add_job(
+        "tests.scheduler_process:log_run",
+        "interval",
+        hours=1,
+        args=[str(later)],
+        id="later",
+    )
+    done = subprocess.run(
+        _django("runapscheduler", "--burst"),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line["event"] for line in read_lines(str(due))] == ["start", "end"]
+    assert read_lines(str(later)) == []
+    logged = dict(DjangoJobExecution.objects.values_list("job_id", "status"))
+    assert logged == {"due": DjangoJobExecution.SUCCESS}
+
+
+def test_declared_jobs_sync_without_duplicates_or_flapping(tmp_path):
+    """Several processes sync the same declarations at once; later code changes apply."""
+    client.add_job("tests.jobs:noop", "interval", hours=1, id="added-at-run-time")
+    procs = [
+        _start(_django("runapscheduler", "--burst"), _env("v1"), tmp_path / f"v1-{i}.log")
+        for i in range(3)
+    ]
+    for i, proc in enumerate(procs):
+        assert proc.wait(timeout=120) == 0, (tmp_path / f"v1-{i}.log").read_text()
+    a = "tests.declaring.jobs.declared_a"
+    rows = dict(DjangoJob.objects.values_list("id", "declared_in_code"))
+    assert rows == {a: True, "declared-b": True, "added-at-run-time": None}
+    first = DjangoJob.objects.get(id=a).next_run_time
+    assert client.get_job("declared-b").max_instances == 2
+
+    # Started again with the same code: the stored schedule does not move.
+    done = subprocess.run(
+        _django("runapscheduler", "--burst"), cwd=ROOT, env=_env("v1"), timeout=120
+    )
+    assert done.returncode == 0
+    assert DjangoJob.objects.get(id=a).next_run_time == first
+
+    # The code changed: declared-b is gone from it, declared_a runs every 20 minutes.
+    done = subprocess.run(
+        _django("runapscheduler", "--burst"), cwd=ROOT, env=_env("v2"), timeout=120
+    )
+    assert done.returncode == 0
+    rows = dict(DjangoJob.objects.values_list("id", "declared_in_code"))
+    assert rows == {a: True, "added-at-run-time": None}
+    assert client.get_job(a).trigger.interval.total_seconds() == 20 * 60
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_autostart_under_gunicorn_fires_each_time_once(tmp_path):
+    """gunicorn with 3 workers, each autostarting a scheduler: every fire runs exactly once."""
+    fires = tmp_path / "fires.jsonl"
+    start = math.ceil(time.time()) + 8  # after the workers have booted
+    env = _env(
+        "tick",
+        {"APSCHEDULER_AUTOSTART": True},
+        DECLARING_OUTPUT=str(fires),
+        DECLARING_START=str(start),
+    )
+    gunicorn = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        "3",
+        "--bind",
+        f"127.0.0.1:{_free_port()}",
+        "tests.wsgi:application",
+    ]
+    proc = _start(gunicorn, env, tmp_path / "gunicorn.log")
+    try:
+        wait_until(lambda: DjangoSchedulerInstance.objects.count() >= 3, timeout=60)
+        time.sleep(start + 12 - time.time())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "Traceback" not in log, log
+    instances = DjangoSchedulerInstance.objects.values_list("pid", flat=True)
+    assert len(set(instances)) >= 3, (list(instances), log)
+
+    lines = read_lines(str(fires))
+    counts = Counter((line["tag"], line["run_time"]) for line in lines)
+    assert max(counts.values()) == 1, [key for key, n in counts.items() if n > 1]
+    for i in range(5):
+        times = sorted(rt for tag, rt in counts if tag == f"tick-{i}")
+        assert times[0] == start and len(times) >= 10, times
+        assert all(b - a == 1 for a, b in zip(times, times[1:])), times
+    print(f"\ngunicorn autostart: {len(lines)} fires by pids {Counter(x['pid'] for x in lines)}")
