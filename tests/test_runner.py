@@ -264,3 +264,35 @@ def test_autostart_under_gunicorn_fires_each_time_once(tmp_path):
         assert times[0] == start and len(times) >= 10, times
         assert all(b - a == 1 for a, b in zip(times, times[1:])), times
     print(f"\ngunicorn autostart: {len(lines)} fires by pids {Counter(x['pid'] for x in lines)}")
+
+
+def test_retention_prunes_old_runs_and_quiet_verbosity(tmp_path, settings):
+    """APSCHEDULER_EXECUTION_RETENTION: the runner prunes at start; -v 0 prints nothing."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_apscheduler.runner import prune_executions
+
+    client.add_job("tests.jobs:noop", "interval", hours=1, id="kept")
+    now = timezone.now()
+    for age_days in (1, 10):
+        DjangoJobExecution.objects.create(
+            job_id="kept",
+            status=DjangoJobExecution.SUCCESS,
+            run_time=now - timedelta(days=age_days),
+        )
+    settings.APSCHEDULER_EXECUTION_RETENTION = None
+    assert prune_executions() == 0
+    done = subprocess.run(
+        _django("runapscheduler", "--burst", "-v", "0"),
+        cwd=ROOT,
+        env=_env("", {"APSCHEDULER_EXECUTION_RETENTION": 5 * 86400}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    ages = [(now - rt).days for rt in DjangoJobExecution.objects.values_list("run_time", flat=True)]
+    assert ages == [1], ages
