@@ -1,5 +1,9 @@
 """Adding and changing jobs from application code: views, the shell, tasks.
 
+Unknown ids raise :class:`JobNotFound`; a stored job that cannot be restored
+(its function is gone) raises ``UnrestorableJobError`` naming it, except for
+:func:`remove_job`, which deletes it.
+
 ::
 
     from django_apscheduler import client
@@ -56,24 +60,25 @@ class _WriterScheduler(BaseScheduler):
 
 
 _writer: _WriterScheduler | None = None
+_writer_config: tuple[Any, ...] = ()
 _lock = threading.Lock()
 
 
 def scheduler() -> BaseScheduler:
-    """The process's writing scheduler (created on first use)."""
-    global _writer
+    """The process's writing scheduler, built again when its settings changed."""
+    global _writer, _writer_config
+    config = (conf.timezone_name(), sorted(conf.job_defaults().items()))
     with _lock:
-        if _writer is None:
-            writer = _WriterScheduler(
-                timezone=conf.timezone_name(), job_defaults=conf.job_defaults()
-            )
+        if _writer is None or config != _writer_config:
+            writer = _WriterScheduler(timezone=config[0], job_defaults=dict(config[1]))
             writer.add_jobstore(DjangoJobStore(), "default")
             writer.start(paused=True)
-            _writer = writer
+            _writer, _writer_config = writer, config
         return _writer
 
 
 def _existing(job_id: str) -> Job:
+    """The stored job; ``JobNotFound`` if there is none, ``UnrestorableJobError`` if broken."""
     job = scheduler().get_job(job_id)
     if job is None:
         raise JobNotFound(job_id)
@@ -120,9 +125,11 @@ def resume_job(job_id: str) -> Job | None:
 
 
 def remove_job(job_id: str) -> None:
-    """Delete a stored job and its execution log."""
-    _existing(job_id)
-    scheduler().remove_job(job_id)
+    """Delete a stored job and its execution log; also one that cannot be restored."""
+    try:
+        scheduler().remove_job(job_id)
+    except JobLookupError:
+        raise JobNotFound(job_id) from None
 
 
 def run_job_now(job_id: str) -> Job:

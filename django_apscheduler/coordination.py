@@ -381,16 +381,14 @@ class Coordinator:
         backend = backends.for_alias(using)
 
         def beat() -> int:
+            instances = DjangoSchedulerInstance.objects.using(using).filter(id=instance)
+            if not holding:  # the usual idle case: one statement, no transaction
+                return instances.update(last_heartbeat=now)
             with backend.write_transaction(using):
-                found = (
-                    DjangoSchedulerInstance.objects.using(using)
-                    .filter(id=instance)
-                    .update(last_heartbeat=now)
+                found = instances.update(last_heartbeat=now)
+                DjangoJob.objects.using(using).filter(acquired_by=instance).update(
+                    acquired_until=now + lease_time()
                 )
-                if holding:
-                    DjangoJob.objects.using(using).filter(acquired_by=instance).update(
-                        acquired_until=now + lease_time()
-                    )
             return found
 
         if not self._housekeeping_run(beat, "heartbeat") and not self._stopping.is_set():

@@ -25,6 +25,7 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from django_apscheduler import client, conf, coordination, run_now, util
+from django_apscheduler.exceptions import UnrestorableJobError
 from django_apscheduler.jobstores import restore_job
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
@@ -153,6 +154,8 @@ class Command(BaseCommand):
                 "the ids.",
                 returncode=1,
             ) from None
+        except UnrestorableJobError as exc:
+            raise CommandError(f"{exc} (`apscheduler remove` deletes it.)", returncode=1) from None
         self.stdout.write(f"{job_id}: {done}.")
 
     def do_pause(self, job_id: str, **options: Any) -> None:
