@@ -253,7 +253,33 @@ def _autostart_when_ready() -> None:
             logger.exception("Could not autostart the scheduler (APSCHEDULER_AUTOSTART)")
             return
         _autostarted = runner
+        _stop_at_exit(runner)
     logger.info("Autostarted a scheduler in process %d", os.getpid())
+
+
+def _stop_at_exit(runner: Runner) -> None:
+    """Shut the scheduler down when the interpreter exits, before the thread pools refuse work.
+
+    A worker that exits (gunicorn on SIGTERM, max_requests) would otherwise go
+    on dispatching while its executors refuse new runs: those fires would be
+    taken from the database and lost. ``threading``'s exit hooks run in reverse
+    order of registration, so this one runs before ``concurrent.futures``'.
+    """
+
+    def stop() -> None:
+        try:
+            if runner.scheduler.running:
+                runner.scheduler.shutdown(wait=False)
+        except Exception:
+            logger.exception("Could not shut the autostarted scheduler down at exit")
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(stop)
+    else:  # pragma: no cover - Python without the hook
+        import atexit
+
+        atexit.register(stop)
 
 
 def autostarted() -> Runner | None:
