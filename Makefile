@@ -3,6 +3,7 @@
 #   make demo        run the example project's scheduler on SQLite (Ctrl-C stops it)
 #   make test        ruff, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
 #   make lint        ruff check and ruff format --check
+#   make bench       the benchmarks on SQLite, PostgreSQL, MariaDB (~15 min; docs/benchmarks.md)
 #
 # Variables:
 #   PYTHON=3.12            Python version (or an interpreter command/path); default 3.11
@@ -14,6 +15,7 @@
 #   TEST_TIMEOUT=seconds   the most one pytest run may take
 #   ARGS="-k store -x"     passed to pytest
 #   DEMO_SECONDS=30        make demo stops after that many seconds
+#   BENCH_ARGS="--quick"    passed to python -m benchmarks (e.g. --backends sqlite)
 
 PYTHON ?= 3.11
 DJANGO ?= 5.2
@@ -28,6 +30,7 @@ PARALLEL ?=
 TEST_TIMEOUT ?=
 ARGS ?=
 DEMO_SECONDS ?=
+BENCH_ARGS ?=
 
 comma := ,
 space := $(subst ,, )
@@ -38,7 +41,7 @@ TEST_FLAGS = --backends "$(BACKENDS)" \
 	$(if $(call is_true,$(PARALLEL)),--parallel) \
 	$(if $(TEST_TIMEOUT),--timeout $(TEST_TIMEOUT))
 
-.PHONY: help venv demo test lint format clean
+.PHONY: help venv demo test lint format clean bench
 
 help:
 	@sed -n '1,/^$$/s/^# \{0,1\}//p' Makefile
@@ -52,6 +55,9 @@ demo: venv
 
 test: venv
 	$(VPY) scripts/runtests.py $(strip $(TEST_FLAGS)) -- $(ARGS)
+
+bench: venv
+	$(VPY) -m benchmarks $(BENCH_ARGS)
 
 lint: venv
 	$(VPY) -m ruff check .
