@@ -11,6 +11,7 @@ import pickle
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable
 
@@ -35,6 +36,22 @@ BROKEN_RETRY_INTERVAL = 60.0
 
 #: ``version`` plus one; a row written by code that predates the column has NULL.
 NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
+
+#: Rows per ``UPDATE`` when a dispatch round's jobs are written back.
+WRITE_BACK_BATCH_SIZE = 200
+
+
+@dataclass
+class _WriteBack:
+    """What the dispatch of one job changed, waiting for the end of the round."""
+
+    job_id: str
+    executor: str | None
+    finished: bool
+    state: bytes
+    next_run_time: datetime | None  # as stored
+    job_next_run_time: datetime | None  # as the job has it (for merging into a stored state)
+    claim: coordination.Claim | None
 
 
 def restore_job(job_state: bytes | memoryview) -> Job:
@@ -133,6 +150,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # after it stopped the stores, which must not reopen a connection.
         self._stopped = False
         self._coordinator = coordination.Coordinator(self)
+        self._pending_writes: list[_WriteBack] = []
         # Set by add_job() when the id exists: APScheduler's replace_existing
         # then calls update_job() with the same job, from the same thread.
         self._replacing = threading.local()
@@ -200,6 +218,23 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return False
         executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
         return bool(getattr(executor, "_instances", {}).get(job_id))
+
+    def _dispatch_limit(self) -> int:
+        """How many due jobs to claim in one round: about what this process can start soon.
+
+        Claiming everything that is due would leave the other schedulers
+        nothing while this one's executor queues the work; claiming what the
+        default executor's free threads can take (twice that, to keep them
+        busy, and at least one thread pool's worth) spreads the fires over the
+        processes. Capped by ``APSCHEDULER_DISPATCH_BATCH_SIZE``.
+        """
+        limit = int(conf.get("APSCHEDULER_DISPATCH_BATCH_SIZE"))
+        executor = getattr(self._scheduler, "_executors", {}).get("default")
+        workers = getattr(getattr(executor, "_pool", None), "_max_workers", None)
+        if not isinstance(workers, int):
+            return limit
+        busy = sum(getattr(executor, "_instances", {}).values())
+        return max(1, min(limit, max(workers, 2 * workers - busy)))
 
     def _wake_scheduler(self) -> None:
         scheduler = getattr(self, "_scheduler", None)
@@ -285,9 +320,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         self._round_thread = threading.get_ident()
         self._dispatch_connection = connections[self._db]
         self._coordinator.ensure_running()
+        self._flush_write_backs()  # left over if a round ended without get_next_run_time
         broken = self._known_broken()
         due_by = util.get_django_internal_datetime(now)
-        limit = int(conf.get("APSCHEDULER_DISPATCH_BATCH_SIZE"))
+        limit = self._dispatch_limit()
         claims = self._coordinator.claim(due_by, broken, limit)  # type: ignore[arg-type]
 
         jobs = []
@@ -309,6 +345,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             self._round_thread = None
             return None
         if in_round:
+            self._flush_write_backs()
             self._coordinator.end_round()
         broken = self._known_broken()
         coordinator = self._coordinator
@@ -442,105 +479,176 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         )
 
     def _write_back(self, job: Job, finished: bool) -> None:
-        """Write what the dispatch of ``job`` changed and release its claim, unless beaten to it.
+        """Queue what the dispatch of ``job`` changed; the round's writes go out together.
 
-        The write only lands if the row is as it was when claimed (same
-        version, still ours). Otherwise someone changed the job meanwhile:
-        a removal, pause or reschedule elsewhere wins; a change that left the
-        next run time alone (new arguments, say) is kept, with the next run
-        time advanced past the fire just dispatched.
+        APScheduler writes each dispatched job back one by one; one round trip
+        per fire would bound throughput by the database's latency, so the
+        writes are collected and flushed at the end of the round
+        (:meth:`_flush_write_backs`), while the claims keep the jobs ours.
         """
+        self._pending_writes.append(
+            _WriteBack(
+                job_id=job.id,
+                executor=None if finished else job.executor,
+                finished=finished,
+                state=b"" if finished else self._state(job),
+                next_run_time=(
+                    None if finished else util.get_django_internal_datetime(job.next_run_time)
+                ),
+                job_next_run_time=None if finished else job.next_run_time,
+                claim=self._coordinator.claims.get(job.id),
+            )
+        )
+
+    def _flush_write_backs(self) -> None:
+        """Write the round's dispatched jobs back and release their claims, unless beaten to it.
+
+        A write lands only where the row is as it was when claimed (same
+        version, still ours): all of those in one transaction and one bulk
+        ``UPDATE``. The others were changed meanwhile and are settled one by
+        one (:meth:`_resolve`): a removal, pause or reschedule elsewhere wins;
+        a change that left the next run time alone (new arguments, say) is
+        kept, with the next run time advanced past the fire just dispatched.
+        A job still running here keeps its claim (``max_instances`` across
+        processes).
+        """
+        pending, self._pending_writes = self._pending_writes, []
+        if not pending:
+            return
         coordinator = self._coordinator
-        claim = coordinator.claims.get(job.id)
         instance = coordinator.instance_id
-        keep = not finished and self._running_here(job.id, job.executor)
-        state = b"" if finished else self._state(job)
-        next_run_time = None if finished else util.get_django_internal_datetime(job.next_run_time)
         using = self._db
         backend = backends.for_alias(using)
+        keep = {
+            wb.job_id
+            for wb in pending
+            if not wb.finished and self._running_here(wb.job_id, wb.executor)
+        }
 
-        def lease() -> dict[str, Any]:
-            if keep:
-                return {
-                    "acquired_by": instance,
-                    "acquired_until": timezone.now() + coordination.lease_time(),
-                }
-            return {"acquired_by": None, "acquired_until": None}
-
-        def write() -> str:
-            if claim is not None:
-                written = (
-                    DjangoJob.objects.using(using)
-                    .filter(id=job.id, acquired_by=instance, version=claim.version)
-                    .update(
-                        next_run_time=next_run_time,
-                        job_state=state,
-                        version=NEXT_VERSION,
-                        **lease(),
-                    )
-                )
-                if written:
-                    return "written"
+        def write_all() -> set[str]:
+            until = timezone.now() + coordination.lease_time()
             with backend.write_transaction(using):
-                row = (
-                    DjangoJob.objects.using(using)
+                current = {
+                    job_id: (version, holder)
+                    for job_id, version, holder in DjangoJob.objects.using(using)
                     .select_for_update()
-                    .filter(id=job.id)
-                    .values("job_state", "next_run_time", "acquired_by", "acquired_until")
-                    .first()
-                )
-                if row is None:
-                    return "removed"
-                now = timezone.now()
-                holder = row["acquired_by"]
-                if (
-                    holder not in (None, instance)
-                    and row["acquired_until"]
-                    and (row["acquired_until"] >= now)
-                ):
-                    return "taken"
-                unmoved = (
-                    claim is not None
-                    and row["job_state"]
-                    and row["next_run_time"] == claim.next_run_time
-                )
-                rows = DjangoJob.objects.using(using).filter(id=job.id)
-                if not unmoved:
-                    rows.update(**lease())
-                    return "changed"
-                if finished:
-                    new_state = b""
-                else:
-                    stored = pickle.loads(bytes(row["job_state"]))
-                    stored["next_run_time"] = job.next_run_time
-                    new_state = pickle.dumps(stored, self.pickle_protocol)
-                rows.update(
-                    next_run_time=next_run_time,
-                    job_state=new_state,
-                    version=NEXT_VERSION,
-                    **lease(),
-                )
-                return "merged"
+                    .filter(id__in=[wb.job_id for wb in pending])
+                    .order_by("id")
+                    .values_list("id", "version", "acquired_by")
+                }
+                clean = [
+                    wb
+                    for wb in pending
+                    if wb.claim is not None
+                    and current.get(wb.job_id) == (wb.claim.version, instance)
+                ]
+                rows = [
+                    DjangoJob(
+                        id=wb.job_id,
+                        next_run_time=wb.next_run_time,
+                        job_state=wb.state,
+                        version=(wb.claim.version or 0) + 1,  # type: ignore[union-attr]
+                        acquired_by=instance if wb.job_id in keep else None,
+                        acquired_until=until if wb.job_id in keep else None,
+                    )
+                    for wb in clean
+                ]
+                if rows:
+                    DjangoJob.objects.using(using).bulk_update(
+                        rows,
+                        ["next_run_time", "job_state", "version", "acquired_by", "acquired_until"],
+                        batch_size=WRITE_BACK_BATCH_SIZE,
+                    )
+            return {wb.job_id for wb in clean}
 
         try:
-            outcome = self._run(write, f"write back job {job.id!r}")
+            written = self._run(write_all, "write back the dispatched jobs")
+            for wb in pending:
+                if wb.job_id not in written:
+                    self._log_outcome(
+                        wb,
+                        self._run(
+                            lambda wb=wb: self._resolve(wb, wb.job_id in keep),
+                            f"write back job {wb.job_id!r}",
+                        ),
+                    )
+        except Exception:
+            # Never kill the scheduler's loop: the claims expire after the lease
+            # time and the jobs are dispatched again.
+            logger.exception(
+                "Could not write back %d dispatched jobs; they are dispatched again once "
+                "their claims expire",
+                len(pending),
+            )
         finally:
-            coordinator.settle(job.id, job.executor if keep else None)
+            for wb in pending:
+                coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
+
+    def _resolve(self, wb: _WriteBack, keep: bool) -> str:
+        """Write back one job whose row changed since it was claimed; return what happened."""
+        using = self._db
+        instance = self._coordinator.instance_id
+        claim = wb.claim
+        if keep:
+            lease = {
+                "acquired_by": instance,
+                "acquired_until": timezone.now() + coordination.lease_time(),
+            }
+        else:
+            lease = {"acquired_by": None, "acquired_until": None}
+        with backends.for_alias(using).write_transaction(using):
+            row = (
+                DjangoJob.objects.using(using)
+                .select_for_update()
+                .filter(id=wb.job_id)
+                .values("job_state", "next_run_time", "acquired_by", "acquired_until")
+                .first()
+            )
+            if row is None:
+                return "removed"
+            holder, until = row["acquired_by"], row["acquired_until"]
+            if holder not in (None, instance) and until and until >= timezone.now():
+                return "taken"
+            unmoved = (
+                claim is not None
+                and row["job_state"]
+                and row["next_run_time"] == claim.next_run_time
+            )
+            rows = DjangoJob.objects.using(using).filter(id=wb.job_id)
+            if not unmoved:
+                rows.update(**lease)
+                return "changed"
+            if wb.finished:
+                new_state = b""
+            else:
+                stored = pickle.loads(bytes(row["job_state"]))
+                stored["next_run_time"] = wb.job_next_run_time
+                new_state = pickle.dumps(stored, self.pickle_protocol)
+            rows.update(
+                next_run_time=wb.next_run_time,
+                job_state=new_state,
+                version=NEXT_VERSION,
+                **lease,
+            )
+            return "merged"
+
+    @staticmethod
+    def _log_outcome(wb: _WriteBack, outcome: str) -> None:
         if outcome == "removed":
-            logger.info("Job %r was removed while it was being dispatched", job.id)
+            logger.info("Job %r was removed while it was being dispatched", wb.job_id)
         elif outcome == "changed":
             logger.info(
                 "Job %r was paused or rescheduled while it was being dispatched; that change "
                 "stands",
-                job.id,
+                wb.job_id,
             )
         elif outcome == "taken":
             logger.warning(
                 "Job %r: this scheduler's claim expired during dispatch (it took longer than "
                 "APSCHEDULER_LEASE_TIME) and another scheduler took the job; its fire at %s may "
                 "run twice",
-                job.id,
-                claim.next_run_time if claim else "?",
+                wb.job_id,
+                wb.claim.next_run_time if wb.claim else "?",
             )
 
     def remove_job(self, job_id: str) -> None:

@@ -86,9 +86,20 @@ def make_job(store, *, id="job", trigger=None, next_run_time=at(0), args=(), sec
 
 
 def dispatch(store, job, next_run_time):
-    """What APScheduler's loop does after submitting a due recurring job."""
+    """What APScheduler's loop does after submitting a due recurring job.
+
+    The store writes a round's jobs back together, at the latest when the
+    round ends; flushing here writes this one back at once, round still open.
+    """
     job._modify(next_run_time=next_run_time)
     store.update_job(job)
+    store._flush_write_backs()
+
+
+def finish(store, job_id):
+    """What APScheduler's loop does after the last fire of a one-shot job."""
+    store.remove_job(job_id)
+    store._flush_write_backs()
 
 
 def row(job_id="job") -> DjangoJob:
@@ -275,7 +286,7 @@ def test_finished_one_shot_does_not_overwrite_a_replacement(a, b):
     with pytest.raises(ConflictingIdError):
         b.add_job(again)
     b.update_job(again)  # replace_existing=True
-    a.remove_job("job")  # the one-shot job will not fire again
+    finish(a, "job")  # the one-shot job will not fire again
     restored = a.lookup_job("job")
     assert restored is not None and restored.trigger.run_date == at(300)
     assert row().next_run_time == at(300) and row().acquired_by is None
@@ -287,7 +298,7 @@ def test_finished_one_shot_does_not_overwrite_a_re_added_job(a, b):
     (job,) = a.get_due_jobs(at(10))
     b.remove_job("job")
     b.add_job(make_job(b, trigger=DateTrigger(at(300)), next_run_time=at(300)))
-    a.remove_job("job")
+    finish(a, "job")
     assert a.lookup_job("job").trigger.run_date == at(300)
     assert b.get_next_run_time() == at(300)
 
@@ -296,7 +307,7 @@ def test_finished_one_shot_leaves_an_empty_record(a):
     """Without interference a finished one-shot job is kept as an empty, unclaimed record."""
     a.add_job(make_job(a, trigger=DateTrigger(at(0)), next_run_time=at(0)))
     a.get_due_jobs(at(10))
-    a.remove_job("job")
+    finish(a, "job")
     stored = row()
     assert stored.is_finished and stored.next_run_time is None and stored.acquired_by is None
     assert a.lookup_job("job") is None
