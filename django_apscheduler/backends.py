@@ -59,25 +59,33 @@ class Backend:
         return isinstance(exc, InterfaceError)
 
     def lock_unclaimed(self, queryset: QuerySet, using: str) -> QuerySet:
-        """Lock the rows ``queryset`` selects, skipping rows another transaction holds.
+        """Lock the rows ``queryset`` selects for writing, skipping rows another transaction holds.
 
         Used inside :meth:`write_transaction` to claim due jobs: two schedulers
         claiming at once each get rows the other did not lock, instead of
         waiting for each other. Where the database cannot skip locked rows, the
         rows are locked and the second claimer waits.
         """
-        features = connections[using].features
-        if not features.has_select_for_update:
+        if not connections[using].features.has_select_for_update_skip_locked:
+            return self.lock_for_write(queryset, using)
+        return self.lock_for_write(queryset, using, skip_locked=True)
+
+    def lock_for_write(self, queryset: QuerySet, using: str, skip_locked: bool = False) -> QuerySet:
+        """Lock the rows ``queryset`` selects until the commit, to update them.
+
+        The lock does not stop other transactions from adding execution rows
+        that refer to these jobs (see :meth:`lock_for_removal`).
+        """
+        if not connections[using].features.has_select_for_update:
             return queryset
-        if features.has_select_for_update_skip_locked:
-            return queryset.select_for_update(skip_locked=True)
-        return queryset.select_for_update()
+        return queryset.select_for_update(skip_locked=skip_locked)
 
-    def lock_against_removal(self, queryset: QuerySet, using: str) -> QuerySet:
-        """Lock the rows ``queryset`` selects so they cannot be deleted until the commit.
+    def lock_for_removal(self, queryset: QuerySet, using: str) -> QuerySet:
+        """Lock the rows ``queryset`` selects, to delete them, against everything else.
 
-        Taken by the execution log before it adds rows referring to jobs: a
-        concurrent removal of a job waits, then deletes the new rows with it.
+        Rows referring to them that other transactions add meanwhile then fail
+        their foreign-key check once this commits, instead of making the
+        deletion fail; the execution log drops such rows.
         """
         if not connections[using].features.has_select_for_update:
             return queryset
@@ -127,10 +135,11 @@ class PostgreSQLBackend(Backend):
         severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", None)
         return severity in ("FATAL", "PANIC")
 
-    def lock_against_removal(self, queryset: QuerySet, using: str) -> QuerySet:
-        # FOR NO KEY UPDATE blocks DELETE but not the key-share locks of
-        # foreign-key checks, so inserting executions elsewhere is not held up.
-        return queryset.select_for_update(no_key=True)
+    def lock_for_write(self, queryset: QuerySet, using: str, skip_locked: bool = False) -> QuerySet:
+        # FOR NO KEY UPDATE, the lock an UPDATE takes: it does not conflict
+        # with the key-share locks of the foreign-key checks of executions being
+        # logged, so dispatching and logging do not wait for each other.
+        return queryset.select_for_update(skip_locked=skip_locked, no_key=True)
 
     def notify(self, using: str) -> None:
         with connections[using].cursor() as cursor:

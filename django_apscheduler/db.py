@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from django.db import DatabaseError, connections
+from django.db.models import Model
 
 from django_apscheduler import backends, conf
 
@@ -85,3 +86,36 @@ def run_resiliently(
             )
             time.sleep(pause)
             pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: list[str]) -> int:
+    """``UPDATE`` each of ``rows`` by primary key, setting ``fields``, with one ``executemany``.
+
+    Django's ``bulk_update`` builds a ``CASE`` expression per field and row in
+    Python, which costs more than the database's work for the few dozen rows
+    of a dispatch round or a log batch. One parametrised statement, executed
+    for every row, is plain SQL on every backend (psycopg pipelines it into
+    one round trip). Returns the number of rows given.
+    """
+    connection = connections[using]
+    meta = model._meta
+    quote = connection.ops.quote_name
+    columns = [meta.get_field(name) for name in fields]
+    pk = meta.pk
+    assert pk is not None
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(
+        quote(meta.db_table),
+        ", ".join(f"{quote(field.column)} = %s" for field in columns),
+        quote(pk.column),
+    )
+    params: list[list[Any]] = []
+    for row in rows:
+        values = [
+            field.get_db_prep_save(getattr(row, field.attname), connection) for field in columns
+        ]
+        values.append(pk.get_db_prep_value(row.pk, connection))
+        params.append(values)
+    if params:
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+    return len(params)

@@ -38,7 +38,7 @@ from apscheduler.events import (
     JobExecutionEvent,
     JobSubmissionEvent,
 )
-from django.db import close_old_connections, connections, router
+from django.db import IntegrityError, close_old_connections, connections, router
 
 from django_apscheduler import backends, conf, db, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
@@ -59,6 +59,9 @@ _ELLIPSIS = "..."
 
 #: Records per database transaction in the recorder's thread.
 BATCH_SIZE = 500
+
+#: Seconds the recorder waits for more records before writing a small batch.
+LINGER = 0.02
 
 
 def now_epoch() -> float:
@@ -155,15 +158,36 @@ def _merge_all(records: Iterable[Record]) -> dict[tuple[str, datetime], Record]:
 def _write(
     records: dict[tuple[str, datetime], Record], using: str
 ) -> dict[tuple[str, datetime], int]:
-    """Write merged records in one transaction; return the execution id of each key written."""
+    """Write merged records in one transaction; return the execution id of each key written.
+
+    Runs of jobs that no longer exist are skipped. A job may also be removed
+    while its runs are being written (the removal locks the job first): the
+    foreign key then fails this transaction, and it is written again without
+    that job's runs.
+    """
+    for _ in range(5):
+        try:
+            return _write_once(records, using)
+        except IntegrityError:
+            job_ids = {job_id for job_id, _ in records}
+            alive = set(
+                DjangoJob.objects.using(using).filter(id__in=job_ids).values_list("id", flat=True)
+            )
+            if alive == job_ids:
+                raise  # not a removed job: a real error
+            records = {key: rec for key, rec in records.items() if key[0] in alive}
+            logger.debug("Jobs %s were removed while their runs were logged", job_ids - alive)
+    return _write_once(records, using)
+
+
+def _write_once(
+    records: dict[tuple[str, datetime], Record], using: str
+) -> dict[tuple[str, datetime], int]:
     job_ids = {job_id for job_id, _ in records}
     backend = backends.for_alias(using)
     with backend.write_transaction(using):
-        # Lock the jobs first: a job removed meanwhile is then either gone
-        # (its runs are skipped) or removed after this commit, with the rows
-        # written here; never removed under them.
-        jobs = DjangoJob.objects.using(using).filter(id__in=job_ids).order_by("id")
-        alive = set(backend.lock_against_removal(jobs, using).values_list("id", flat=True))
+        jobs = DjangoJob.objects.using(using).filter(id__in=job_ids)
+        alive = set(jobs.values_list("id", flat=True))
         wanted = {key: rec for key, rec in records.items() if key[0] in alive}
         for key in records.keys() - wanted.keys():
             logger.debug("Job %r no longer exists; not logging its run at %s", key[0], key[1])
@@ -197,10 +221,12 @@ def _write(
                     changed.append(row)
                 if row is not None:
                     existing[key] = row
-        if changed:
-            DjangoJobExecution.objects.using(using).bulk_update(
-                changed, ["status", "finished", "duration", "exception", "traceback"]
-            )
+        db.update_rows(
+            DjangoJobExecution,
+            using,
+            changed,
+            ["status", "finished", "duration", "exception", "traceback"],
+        )
         return {key: row.id for key, row in existing.items()}
 
 
@@ -438,6 +464,10 @@ class ExecutionRecorder:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
+                if len(self._queue) < BATCH_SIZE and self._queue[-1] is not _CLOSE:
+                    # Runs come in bursts (a dispatch round, then their ends):
+                    # a moment's wait makes one transaction of many records.
+                    self._cond.wait(LINGER)
                 batch = []
                 while self._queue and len(batch) < BATCH_SIZE and self._queue[0] is not _CLOSE:
                     batch.append(self._queue.popleft())

@@ -6,6 +6,7 @@ in ``DjangoJobExecution`` (see :mod:`django_apscheduler.executions`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import threading
@@ -36,9 +37,6 @@ BROKEN_RETRY_INTERVAL = 60.0
 
 #: ``version`` plus one; a row written by code that predates the column has NULL.
 NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
-
-#: Rows per ``UPDATE`` when a dispatch round's jobs are written back.
-WRITE_BACK_BATCH_SIZE = 200
 
 
 @dataclass
@@ -174,17 +172,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def _awaits_coroutines(self, executor_alias: str) -> bool:
         """True if the job's executor awaits coroutine functions itself."""
         executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
-        if executor is None:
-            return False
-        from apscheduler.executors.asyncio import AsyncIOExecutor
-
-        if isinstance(executor, AsyncIOExecutor):
-            return True
-        try:
-            from apscheduler.executors.tornado import TornadoExecutor
-        except ImportError:  # tornado is not installed
-            return False
-        return isinstance(executor, TornadoExecutor)
+        return executor is not None and isinstance(executor, _coroutine_executors())
 
     def _dispatched(self, job_id: str) -> bool:
         """True when the scheduler's loop handles ``job_id`` in its current round.
@@ -224,7 +212,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
         Claiming everything that is due would leave the other schedulers
         nothing while this one's executor queues the work; claiming what the
-        default executor's free threads can take (twice that, to keep them
+        default executor's free threads can take (four times that, to keep them
         busy, and at least one thread pool's worth) spreads the fires over the
         processes. Capped by ``APSCHEDULER_DISPATCH_BATCH_SIZE``.
         """
@@ -234,7 +222,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if not isinstance(workers, int):
             return limit
         busy = sum(getattr(executor, "_instances", {}).values())
-        return max(1, min(limit, max(workers, 2 * workers - busy)))
+        return max(1, min(limit, max(workers, 4 * workers - busy)))
 
     def _wake_scheduler(self) -> None:
         scheduler = getattr(self, "_scheduler", None)
@@ -528,13 +516,12 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         def write_all() -> set[str]:
             until = timezone.now() + coordination.lease_time()
             with backend.write_transaction(using):
+                rows = DjangoJob.objects.using(using).filter(id__in=[wb.job_id for wb in pending])
                 current = {
                     job_id: (version, holder)
-                    for job_id, version, holder in DjangoJob.objects.using(using)
-                    .select_for_update()
-                    .filter(id__in=[wb.job_id for wb in pending])
-                    .order_by("id")
-                    .values_list("id", "version", "acquired_by")
+                    for job_id, version, holder in backend.lock_for_write(
+                        rows.order_by("id"), using
+                    ).values_list("id", "version", "acquired_by")
                 }
                 clean = [
                     wb
@@ -553,12 +540,12 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     )
                     for wb in clean
                 ]
-                if rows:
-                    DjangoJob.objects.using(using).bulk_update(
-                        rows,
-                        ["next_run_time", "job_state", "version", "acquired_by", "acquired_until"],
-                        batch_size=WRITE_BACK_BATCH_SIZE,
-                    )
+                db.update_rows(
+                    DjangoJob,
+                    using,
+                    rows,
+                    ["next_run_time", "job_state", "version", "acquired_by", "acquired_until"],
+                )
             return {wb.job_id for wb in clean}
 
         try:
@@ -596,11 +583,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             }
         else:
             lease = {"acquired_by": None, "acquired_until": None}
-        with backends.for_alias(using).write_transaction(using):
+        backend = backends.for_alias(using)
+        with backend.write_transaction(using):
             row = (
-                DjangoJob.objects.using(using)
-                .select_for_update()
-                .filter(id=wb.job_id)
+                backend.lock_for_write(DjangoJob.objects.using(using).filter(id=wb.job_id), using)
                 .values("job_state", "next_run_time", "acquired_by", "acquired_until")
                 .first()
             )
@@ -672,7 +658,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 # Locked first, so a run being logged right now is either
                 # written before (and deleted with the job) or skipped after.
                 rows = DjangoJob.objects.using(using).filter(id=job_id)
-                locked = list(backend.lock_against_removal(rows, using).values_list("id"))
+                locked = list(backend.lock_for_removal(rows, using).values_list("id"))
                 deleted, _ = rows.delete() if locked else (0, None)
                 if deleted:
                     backend.notify(using)
@@ -690,7 +676,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             backend = backends.for_alias(using)
             with backend.write_transaction(using):
                 jobs = DjangoJob.objects.using(using).order_by("id")
-                list(backend.lock_against_removal(jobs, using).values_list("id"))
+                list(backend.lock_for_removal(jobs, using).values_list("id"))
                 DjangoJobExecution.objects.using(using).all().delete()
                 DjangoJob.objects.using(using).all().delete()
                 backend.notify(using)
@@ -719,6 +705,18 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             finally:
                 dispatch.dec_thread_sharing()
         own.close()
+
+
+@functools.cache
+def _coroutine_executors() -> tuple[type, ...]:
+    """APScheduler's executors that await coroutine functions (tornado's if installed)."""
+    from apscheduler.executors.asyncio import AsyncIOExecutor
+
+    try:
+        from apscheduler.executors.tornado import TornadoExecutor
+    except ImportError:  # tornado is not installed
+        return (AsyncIOExecutor,)
+    return (AsyncIOExecutor, TornadoExecutor)
 
 
 def _definition(state: dict[str, Any], protocol: int) -> bytes:
