@@ -198,7 +198,13 @@ def _assert_every_run_logged(tags: tuple[str, ...], allow_connection_errors: tup
             # The stored traceback holds the frames only (as in 0.7.0): the run failed
             # inside the database driver, i.e. in the job's own query.
             assert "/django/db/" in row.traceback, (row.exception, row.traceback)
-        assert set(statuses) <= {DjangoJobExecution.SUCCESS, DjangoJobExecution.ERROR}, statuses
+        # A run slowed by the storm (reconnecting on a loaded machine) may still be
+        # going at its next fire: that fire is refused and logged as such, which
+        # is a truthful record, not a lost run.
+        refused = {DjangoJobExecution.MAX_INSTANCES, DjangoJobExecution.MISSED}
+        assert set(statuses) <= {DjangoJobExecution.SUCCESS, DjangoJobExecution.ERROR} | refused, (
+            statuses
+        )
 
 
 def _assert_nothing_given_up(caplog, jobs_may_fail: bool = False) -> None:
