@@ -63,13 +63,9 @@ def _check_name(name: str) -> None:
         raise ValueError(f"benchmark database names start with 'dja_bench': {name!r}")
 
 
-def drop(backend: str, name: str) -> None:
-    """Remove benchmark database ``name`` if it exists."""
-    _check_name(name)
-    if backend == "sqlite":
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(sqlite_path(name) + suffix).unlink(missing_ok=True)
-    elif backend == "postgres":
+def _on_server(backend: str, sql: str) -> None:
+    """Run ``sql`` on the server of ``backend``, outside any benchmark database."""
+    if backend == "postgres":
         import psycopg
 
         p = _pg()
@@ -81,7 +77,7 @@ def drop(backend: str, name: str) -> None:
             dbname="postgres",
             autocommit=True,
         ) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(sql)
     elif backend == "mariadb":
         import MySQLdb
 
@@ -90,11 +86,23 @@ def drop(backend: str, name: str) -> None:
             host=m["HOST"], port=int(m["PORT"]), user=m["USER"], password=m["PASSWORD"]
         )
         try:
-            conn.cursor().execute(f"DROP DATABASE IF EXISTS `{name}`")
+            conn.cursor().execute(sql)
         finally:
             conn.close()
     else:
         raise ValueError(f"unknown backend {backend!r}")
+
+
+def drop(backend: str, name: str) -> None:
+    """Remove benchmark database ``name`` if it exists."""
+    _check_name(name)
+    if backend == "sqlite":
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(sqlite_path(name) + suffix).unlink(missing_ok=True)
+    elif backend == "postgres":
+        _on_server(backend, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    else:
+        _on_server(backend, f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def create(backend: str, name: str) -> None:
@@ -103,31 +111,11 @@ def create(backend: str, name: str) -> None:
     if backend == "sqlite":
         SQLITE_DIR.mkdir(parents=True, exist_ok=True)
     elif backend == "postgres":
-        import psycopg
-
-        p = _pg()
-        with psycopg.connect(
-            host=p["HOST"],
-            port=p["PORT"],
-            user=p["USER"],
-            password=p["PASSWORD"] or None,
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    elif backend == "mariadb":
-        import MySQLdb
-
-        m = _my()
-        conn = MySQLdb.connect(
-            host=m["HOST"], port=int(m["PORT"]), user=m["USER"], password=m["PASSWORD"]
+        _on_server(backend, f'CREATE DATABASE "{name}"')
+    else:
+        _on_server(
+            backend, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
         )
-        try:
-            conn.cursor().execute(
-                f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-            )
-        finally:
-            conn.close()
     subprocess.run(
         [sys.executable, "-m", "django", "migrate", "--no-input", "-v", "0"],
         cwd=ROOT,

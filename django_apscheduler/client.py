@@ -24,8 +24,9 @@ the app's job defaults (``APSCHEDULER_JOB_DEFAULTS``).
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
@@ -77,6 +78,17 @@ def scheduler() -> BaseScheduler:
         return _writer
 
 
+@contextmanager
+def _not_found_as(job_id: str) -> Iterator[None]:
+    """APScheduler's ``JobLookupError`` for an unknown id, as :class:`JobNotFound`."""
+    try:
+        yield
+    except JobNotFound:
+        raise
+    except JobLookupError:
+        raise JobNotFound(job_id) from None
+
+
 def _existing(job_id: str) -> Job:
     """The stored job; ``JobNotFound`` if there is none, ``UnrestorableJobError`` if broken."""
     job = scheduler().get_job(job_id)
@@ -102,34 +114,32 @@ def get_jobs() -> list[Job]:
 
 def modify_job(job_id: str, **changes: Any) -> Job:
     """Change a stored job's options or arguments (APScheduler's ``modify_job``)."""
-    _existing(job_id)
-    return scheduler().modify_job(job_id, **changes)
+    with _not_found_as(job_id):
+        return scheduler().modify_job(job_id, **changes)
 
 
 def reschedule_job(job_id: str, trigger: Any = None, **trigger_args: Any) -> Job:
     """Give a stored job a new trigger; its next run time follows from it."""
-    _existing(job_id)
-    return scheduler().reschedule_job(job_id, trigger=trigger, **trigger_args)
+    with _not_found_as(job_id):
+        return scheduler().reschedule_job(job_id, trigger=trigger, **trigger_args)
 
 
 def pause_job(job_id: str) -> Job:
     """Stop a job from running until it is resumed."""
-    _existing(job_id)
-    return scheduler().pause_job(job_id)
+    with _not_found_as(job_id):
+        return scheduler().pause_job(job_id)
 
 
 def resume_job(job_id: str) -> Job | None:
     """Let a paused job run again from its trigger's next fire time (None if it has none left)."""
-    _existing(job_id)
-    return scheduler().resume_job(job_id)
+    with _not_found_as(job_id):
+        return scheduler().resume_job(job_id)
 
 
 def remove_job(job_id: str) -> None:
     """Delete a stored job and its execution log; also one that cannot be restored."""
-    try:
+    with _not_found_as(job_id):
         scheduler().remove_job(job_id)
-    except JobLookupError:
-        raise JobNotFound(job_id) from None
 
 
 def run_job_now(job_id: str) -> Job:

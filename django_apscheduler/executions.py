@@ -165,7 +165,7 @@ def _write(
     foreign key then fails this transaction, and it is written again without
     that job's runs.
     """
-    for _ in range(5):
+    while True:  # each retry drops at least one job, so this ends
         try:
             return _write_once(records, using)
         except IntegrityError:
@@ -177,7 +177,6 @@ def _write(
                 raise  # not a removed job: a real error
             records = {key: rec for key, rec in records.items() if key[0] in alive}
             logger.debug("Jobs %s were removed while their runs were logged", job_ids - alive)
-    return _write_once(records, using)
 
 
 def _write_once(

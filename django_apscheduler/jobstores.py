@@ -205,7 +205,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if executor_alias is None:
             return False
         executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
-        return bool(getattr(executor, "_instances", {}).get(job_id))
+        return bool(running_instances(executor).get(job_id))
 
     def _dispatch_limit(self) -> int:
         """How many due jobs to claim in one round: about what this process can start soon.
@@ -221,7 +221,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         workers = getattr(getattr(executor, "_pool", None), "_max_workers", None)
         if not isinstance(workers, int):
             return limit
-        busy = sum(getattr(executor, "_instances", {}).values())
+        busy = sum(running_instances(executor).values())
         return max(1, min(limit, max(workers, 4 * workers - busy)))
 
     def _wake_scheduler(self) -> None:
@@ -384,9 +384,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     return row
             except IntegrityError:
                 with backend.write_transaction(using):
-                    row = (
-                        DjangoJob.objects.using(using).select_for_update().filter(id=job.id).first()
-                    )
+                    rows = DjangoJob.objects.using(using).filter(id=job.id)
+                    row = backend.lock_for_write(rows, using).first()
                     if row is None:
                         raise
                     if not row.job_state or (attempts > 1 and bytes(row.job_state) == state):
@@ -445,10 +444,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         no scheduler would run the stored time (it is past, unclaimed, and no
         scheduler instance is alive: the stored time is from before a downtime).
         """
+        rows = DjangoJob.objects.using(using).filter(id=job.id)
         row = (
-            DjangoJob.objects.using(using)
-            .select_for_update()
-            .filter(id=job.id)
+            backends.for_alias(using)
+            .lock_for_write(rows, using)
             .values("job_state", "next_run_time", "acquired_by", "acquired_until")
             .first()
         )
@@ -705,6 +704,15 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             finally:
                 dispatch.dec_thread_sharing()
         own.close()
+
+
+def running_instances(executor: Any) -> dict[str, int]:
+    """Runs per job id that ``executor`` has started or queued and not yet finished.
+
+    APScheduler 3 keeps this count (``_instances``, the one its
+    ``max_instances`` check reads) in every executor; read in one place only.
+    """
+    return getattr(executor, "_instances", None) or {}
 
 
 @functools.cache

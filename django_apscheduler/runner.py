@@ -23,7 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from django.utils import timezone
 
 from django_apscheduler import conf, coordination, declared, executions
-from django_apscheduler.jobstores import DjangoJobStore
+from django_apscheduler.jobstores import DjangoJobStore, running_instances
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +88,8 @@ class Runner:
 
     def running_jobs(self) -> int:
         """Runs of this scheduler's jobs still executing (or queued in an executor)."""
-        total = 0
-        for executor in list(getattr(self.scheduler, "_executors", {}).values()):
-            total += sum(getattr(executor, "_instances", {}).values())
-        return total
+        executors = list(getattr(self.scheduler, "_executors", {}).values())
+        return sum(sum(running_instances(executor).values()) for executor in executors)
 
     def due_left(self, due_by: Any) -> bool:
         """True while a job that was due by ``due_by`` is still waiting to be dispatched here."""
