@@ -13,9 +13,12 @@ Unknown ids raise :class:`JobNotFound`; a stored job that cannot be restored
     client.run_job_now("nightly-cleanup")
 
 Every call writes to the database through a ``DjangoJobStore`` and wakes the
-running schedulers (at once on PostgreSQL, within
-``APSCHEDULER_POLL_INTERVAL`` elsewhere); it works the same whether or not a
-scheduler runs in the calling process, and it never runs a job itself. The
+running schedulers: the one autostarted in this process at once, the others
+at once on PostgreSQL and within ``APSCHEDULER_POLL_INTERVAL`` elsewhere. It
+works the same whether or not a scheduler runs in the calling process, and it
+never runs a job itself. An id that the database cannot hold, or arguments
+that cannot be pickled, raise an error naming the job before anything is
+written. The
 functions are thin wrappers over APScheduler's scheduler methods of the same
 names, on a scheduler that is started paused and never dispatches; jobs get
 the app's job defaults (``APSCHEDULER_JOB_DEFAULTS``).
@@ -34,7 +37,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from django.utils import timezone
 
 from django_apscheduler import conf, runner
-from django_apscheduler.jobstores import DjangoJobStore
+from django_apscheduler.jobstores import DjangoJobStore, validate_job_id
 
 
 class JobNotFound(JobLookupError):
@@ -49,12 +52,29 @@ class JobNotFound(JobLookupError):
 
 
 class _WriterScheduler(BaseScheduler):
-    """A scheduler that only writes: started paused, it has no thread and dispatches nothing."""
+    """A scheduler that only writes: started paused, it has no thread and dispatches nothing.
+
+    APScheduler wakes a scheduler after a write only while it runs, and this
+    one never does: its writes wake the scheduler autostarted in this process
+    themselves (:meth:`wakeup`), or a job added for now would wait for that
+    scheduler's next poll. ``pause_job``, ``resume_job``, ``reschedule_job``
+    and ``run_job_now`` all write through ``modify_job``.
+    """
 
     def wakeup(self) -> None:
         scheduler = runner.autostarted()
-        if scheduler is not None:  # a scheduler in this process: no need to wait for its poll
+        if scheduler is not None and scheduler.scheduler.running:
             scheduler.scheduler.wakeup()
+
+    def add_job(self, *args: Any, **kwargs: Any) -> Job:
+        job = super().add_job(*args, **kwargs)
+        self.wakeup()
+        return job
+
+    def modify_job(self, *args: Any, **kwargs: Any) -> Job:
+        job = super().modify_job(*args, **kwargs)
+        self.wakeup()
+        return job
 
     def shutdown(self, wait: bool = True) -> None:
         super().shutdown(wait=False)
@@ -98,7 +118,14 @@ def _existing(job_id: str) -> Job:
 
 
 def add_job(func: Callable[..., Any] | str, trigger: Any = None, **kwargs: Any) -> Job:
-    """Store a new job (APScheduler's ``add_job``: trigger, ``id``, options, ``replace_existing``)."""
+    """Store a new job (APScheduler's ``add_job``: trigger, ``id``, options, ``replace_existing``).
+
+    An ``id`` that is not a string of 1 to 255 characters raises
+    ``InvalidJobIdError`` naming it; arguments that cannot be pickled raise
+    ``UnpicklableJobError`` naming the job and the argument.
+    """
+    if kwargs.get("id") is not None:
+        validate_job_id(kwargs["id"])  # before APScheduler's own, unnamed, TypeError
     return scheduler().add_job(func, trigger, **kwargs)
 
 

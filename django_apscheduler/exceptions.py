@@ -24,3 +24,44 @@ class UnrestorableJobError(DjangoApschedulerError, LookupError):
             f"({type(reason).__name__}: {reason}). Fix or re-add the job "
             "(add_job(..., replace_existing=True)), or remove it."
         )
+
+
+class InvalidJobIdError(DjangoApschedulerError, ValueError):
+    """A job id the database cannot hold: not a string, empty, or longer than the column.
+
+    Raised before anything is written, the same on every database (SQLite
+    would store a 300-character id that PostgreSQL and MariaDB refuse).
+    """
+
+    def __init__(self, job_id: object, problem: str) -> None:
+        self.job_id = job_id
+        shown = repr(job_id)
+        if len(shown) > 80:
+            shown = f"{shown[:60]}...{shown[-10:]} ({len(job_id)} characters)"  # type: ignore[arg-type]
+        super().__init__(f"Job id {shown} is not valid: {problem}.")
+
+
+class UnpicklableJobError(DjangoApschedulerError, ValueError):
+    """A job whose state cannot be pickled, so it cannot be stored; the message names the job.
+
+    Usually an argument that cannot be pickled (a lock, a connection, a lambda,
+    a model instance holding one): pass what the job needs to find it instead,
+    such as a primary key.
+    """
+
+    #: What to do, unless the caller knows better.
+    HINT = (
+        "Give the job picklable arguments, for example ids to look objects up with, instead "
+        "of the objects."
+    )
+
+    def __init__(
+        self, job_id: str, part: str, reason: BaseException, hint: str | None = None
+    ) -> None:
+        self.job_id = job_id
+        self.part = part
+        self.reason = reason
+        super().__init__(
+            f"Job {job_id!r} cannot be stored: {part} cannot be pickled "
+            f"({type(reason).__name__}: {reason}). {hint or self.HINT}"
+        )

@@ -27,7 +27,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from django_apscheduler import backends, conf, coordination, db, executions, util
-from django_apscheduler.exceptions import UnrestorableJobError
+from django_apscheduler.exceptions import (
+    InvalidJobIdError,
+    UnpicklableJobError,
+    UnrestorableJobError,
+)
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,53 @@ class _WriteBack:
     next_run_time: datetime | None  # as stored
     job_next_run_time: datetime | None  # as the job has it (for merging into a stored state)
     claim: coordination.Claim | None
+
+
+def validate_job_id(job_id: Any) -> None:
+    """Raise :class:`InvalidJobIdError` unless every database can store ``job_id``.
+
+    A string of 1 to 255 characters (``DjangoJob.id``), without NUL characters
+    (PostgreSQL refuses them) and encodable as UTF-8 (no lone surrogates).
+    """
+    if not isinstance(job_id, str):
+        raise InvalidJobIdError(job_id, f"ids are strings, not {type(job_id).__name__}")
+    longest = DjangoJob._meta.get_field("id").max_length
+    if not job_id:
+        raise InvalidJobIdError(job_id, "ids are not empty")
+    if len(job_id) > longest:
+        raise InvalidJobIdError(job_id, f"ids have at most {longest} characters; use a shorter one")
+    if "\x00" in job_id:
+        raise InvalidJobIdError(job_id, "ids contain no NUL characters")
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJobIdError(job_id, "ids are valid Unicode (it has a lone surrogate)") from None
+
+
+def _unpicklable_part(job: Job, state: dict[str, Any], protocol: int) -> str:
+    """Which part of ``job``'s state fails to pickle, as people would name it."""
+
+    def fails(value: Any) -> bool:
+        try:
+            pickle.dumps(value, protocol)
+        except Exception:
+            return True
+        return False
+
+    def show(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    for index, value in enumerate(state.get("args") or ()):
+        if fails(value):
+            return f"its argument args[{index}] ({show(value)})"
+    for name, value in (state.get("kwargs") or {}).items():
+        if fails(value):
+            return f"its argument kwargs[{name!r}] ({show(value)})"
+    for key in ("trigger", "executor", "func"):
+        if key in state and fails(state[key]):
+            return f"its {key} ({show(state[key])})"
+    return "its state"
 
 
 def restore_job(job_state: bytes | memoryview) -> Job:
@@ -230,7 +281,21 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             scheduler.wakeup()
 
     def _state(self, job: Job) -> bytes:
-        return pickle.dumps(job.__getstate__(), self.pickle_protocol)
+        """The pickled state of ``job``; ``UnpicklableJobError`` naming the job and the culprit."""
+        try:
+            state = job.__getstate__()
+        except ValueError as exc:  # APScheduler: no textual reference to the function
+            raise UnpicklableJobError(
+                job.id,
+                f"its function ({job.func!r})",
+                exc,
+                hint="Use a function defined at module level, or its reference ('module:name').",
+            ) from exc
+        try:
+            return pickle.dumps(state, self.pickle_protocol)
+        except Exception as exc:
+            part = _unpicklable_part(job, state, self.pickle_protocol)
+            raise UnpicklableJobError(job.id, part, exc) from exc
 
     def _reconstitute_job(self, job_state: bytes | memoryview) -> Job:
         job = restore_job(job_state)
@@ -366,6 +431,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         return jobs
 
     def add_job(self, job: Job) -> DjangoJob:
+        validate_job_id(job.id)  # one clear error on every database, before any write
         state = self._state(job)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
         using = self._db

@@ -9,19 +9,22 @@ process.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
+from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from django.test.utils import override_settings
 from django.utils import timezone
 
-from django_apscheduler import client
-from django_apscheduler.jobstores import restore_job
+from django_apscheduler import client, runner
+from django_apscheduler.exceptions import InvalidJobIdError, UnpicklableJobError
+from django_apscheduler.jobstores import DjangoJobStore, restore_job
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests import jobs
 from tests.helpers import wait_until
@@ -218,3 +221,139 @@ def test_a_job_added_by_the_client_runs_in_a_scheduler_process(tmp_path):
     finally:
         processes.kill_all()
     assert not [p for p in processes.problems() if "Traceback" in p], processes.log()
+
+
+# --- wake-ups, ids and arguments (issue 9, defect 14) ----------------------------------------
+
+
+@pytest.fixture
+def autostarted(monkeypatch):
+    """A runner started in this process as autostart starts one, with a 30 s poll interval."""
+    with override_settings(APSCHEDULER_POLL_INTERVAL=30):
+        started = runner.Runner()
+        started.start()
+        monkeypatch.setattr(runner, "_autostarted", started)
+        try:
+            # Its first round is over: it now sleeps until woken (no job is stored).
+            wait_until(lambda: started.store._coordinator.has_reported, timeout=20)
+            yield started
+        finally:
+            started.stop(timeout=10)
+
+
+def test_a_job_added_for_now_runs_at_once_in_the_autostarted_scheduler(autostarted):
+    """client.add_job wakes the scheduler of this process: the job runs long before the poll.
+
+    Before, the client's scheduler is paused, so APScheduler never called its
+    wakeup(); on SQLite and MariaDB the job waited for the next poll (30 s here).
+    PostgreSQL's NOTIFY woke it regardless.
+    """
+    client.add_job(jobs.record, "date", run_date=timezone.now(), id="now", args=["now"])
+    wait_until(lambda: jobs.calls, timeout=15)  # well under the 30 s poll interval
+    assert [tag for tag, _ in jobs.calls] == ["now"]
+
+
+def test_run_job_now_and_resume_wake_the_autostarted_scheduler(autostarted):
+    """Writes through modify_job (run_job_now, resume_job) wake it too."""
+    client.add_job(jobs.record, "interval", hours=1, id="soon", args=["soon"], next_run_time=FAR)
+    client.run_job_now("soon")
+    wait_until(lambda: jobs.calls, timeout=15)
+    assert [tag for tag, _ in jobs.calls] == ["soon"]
+
+
+def _ids_stored() -> list[str]:
+    return list(DjangoJob.objects.values_list("id", flat=True))
+
+
+BAD_IDS = [
+    pytest.param("x" * 256, "at most 255 characters", id="256-characters"),
+    pytest.param("y" * 300, "at most 255 characters", id="300-characters"),
+    pytest.param("nul\x00id", "NUL", id="nul"),
+    pytest.param("lone\ud800surrogate", "surrogate", id="lone-surrogate"),
+]
+
+
+@pytest.mark.parametrize("job_id, problem", BAD_IDS)
+def test_client_refuses_an_id_the_database_cannot_hold_naming_it(job_id, problem):
+    """One InvalidJobIdError (a ValueError) naming the id, before anything is written.
+
+    Before, SQLite stored a 300-character id, PostgreSQL raised an unnamed DataError.
+    """
+    with pytest.raises(InvalidJobIdError) as caught:
+        client.add_job(jobs.noop, "interval", hours=1, id=job_id)
+    assert isinstance(caught.value, ValueError)
+    assert repr(job_id)[:40] in str(caught.value) and problem in str(caught.value)
+    assert _ids_stored() == []
+
+
+@pytest.mark.parametrize("job_id, problem", BAD_IDS)
+def test_a_running_scheduler_refuses_a_bad_id_through_the_store(make_scheduler, job_id, problem):
+    """scheduler.add_job (and so declared jobs) gets the same error from DjangoJobStore.add_job."""
+    scheduler = make_scheduler()
+    with pytest.raises(InvalidJobIdError, match=problem):
+        scheduler.add_job(jobs.noop, "interval", hours=1, id=job_id)
+    assert _ids_stored() == []
+
+
+@pytest.mark.parametrize("job_id", [42, ""], ids=["not-a-string", "empty"])
+def test_the_store_refuses_an_empty_or_non_string_id(make_scheduler, job_id):
+    """An id set on the job after APScheduler checked it: refused by the store, named."""
+    scheduler = make_scheduler(start=False)
+    job = Job(scheduler, id="placeholder", func=jobs.noop, trigger=IntervalTrigger(hours=1),
+              executor="default", args=(), kwargs={}, name="x", misfire_grace_time=1,
+              coalesce=True, max_instances=1, next_run_time=FAR)  # fmt: skip
+    job.id = job_id
+    store = DjangoJobStore()
+    store.start(scheduler, "default")
+    with pytest.raises(InvalidJobIdError, match="is not valid"):
+        store.add_job(job)
+    assert _ids_stored() == []
+
+
+def test_client_refuses_a_non_string_id_naming_it():
+    """id=42: an InvalidJobIdError naming 42 (APScheduler's own TypeError named nothing)."""
+    with pytest.raises(InvalidJobIdError, match="Job id 42 is not valid: ids are strings"):
+        client.add_job(jobs.noop, "interval", hours=1, id=42)
+    assert _ids_stored() == []
+
+
+def test_an_id_of_255_characters_is_stored_on_every_database():
+    """The limit itself is fine everywhere."""
+    job_id = "é" * 255
+    client.add_job(jobs.noop, "interval", hours=1, id=job_id, next_run_time=FAR)
+    assert _ids_stored() == [job_id]
+    assert client.get_job(job_id).id == job_id
+
+
+@pytest.mark.parametrize(
+    "options, part",
+    [
+        ({"args": [threading.Lock()]}, "its argument args[0] (<unlocked _thread.lock"),
+        ({"kwargs": {"tag": threading.Lock()}}, "its argument kwargs['tag'] ("),
+    ],
+    ids=["args", "kwargs"],
+)
+def test_an_unpicklable_argument_is_refused_naming_the_job_and_argument(options, part):
+    """UnpicklableJobError names the job and which argument fails, and nothing is written."""
+    with pytest.raises(UnpicklableJobError) as caught:
+        client.add_job(jobs.record, "interval", hours=1, id="bad-arg", **options)
+    message = str(caught.value)
+    assert message.startswith("Job 'bad-arg' cannot be stored: " + part), message
+    assert "cannot pickle '_thread.lock' object" in message
+    assert isinstance(caught.value, ValueError) and caught.value.job_id == "bad-arg"
+    assert _ids_stored() == []
+
+
+def test_modify_job_with_an_unpicklable_argument_names_the_job_and_keeps_the_row():
+    """The same error on modify_job; the stored job is unchanged."""
+    add_hourly()
+    with pytest.raises(UnpicklableJobError, match=r"Job 'hourly' cannot be stored: .*args\[0\]"):
+        client.modify_job("hourly", args=[threading.Lock()])
+    assert stored("hourly")[1].args == ("hourly",)
+
+
+def test_a_function_without_a_reference_is_refused_naming_the_job():
+    """A lambda has no 'module:name' reference: the error names the job and says what to do."""
+    with pytest.raises(UnpicklableJobError, match="Job 'anon' cannot be stored: its function"):
+        client.add_job(lambda: None, "interval", hours=1, id="anon")
+    assert _ids_stored() == []
