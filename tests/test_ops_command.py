@@ -7,14 +7,22 @@ subprocess on the same database, as an operator or a container probe would.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
@@ -25,6 +33,7 @@ from tests.test_run_now import store_broken_job, store_finished_job, store_job
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parent.parent
+UTC = dt_timezone.utc
 
 
 def apscheduler(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -41,6 +50,25 @@ def apscheduler(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+@dataclass
+class Outcome:
+    """What ``call_command`` gave: the exit code a CommandError carries, and the output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def command(*args: str) -> Outcome:
+    """Run ``apscheduler *args`` in this process through ``call_command`` (for the quick suite)."""
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("apscheduler", *args, stdout=out, stderr=err)
+    except CommandError as exc:
+        return Outcome(exc.returncode, out.getvalue(), err.getvalue() + str(exc))
+    return Outcome(0, out.getvalue(), err.getvalue())
 
 
 def log_run(job_id: str, status: str, run_time: datetime) -> DjangoJobExecution:
@@ -260,21 +288,22 @@ def test_health_is_ok_with_a_fresh_instance_and_no_overdue_job():
     assert result.stdout.startswith("OK: 1 scheduler instances alive")
 
 
-def test_health_fails_when_a_job_is_overdue_beyond_grace_lease_and_poll():
-    """A job 60 s late with a grace time of 1 s is overdue (slack 10 + 2 s): exit 1, named."""
+def test_health_jobs_fails_when_a_job_is_overdue_beyond_grace_lease_and_poll():
+    """--jobs: a job 60 s late with a grace time of 1 s is overdue (slack 10 + 2 s): exit 1, named."""
     instance(timezone.now())
     store_job("late", jobs.noop, next_run_time=timezone.now() - timedelta(seconds=60))
-    result = apscheduler("health")
+    result = apscheduler("health", "--jobs")
     assert result.returncode == 1
     assert "overdue beyond their grace time: late (" in result.stderr
 
 
-def test_health_does_not_count_a_job_late_by_less_than_its_slack():
-    """5 s late, within lease + poll (12 s): not overdue yet."""
+def test_health_jobs_does_not_count_a_job_late_by_less_than_its_slack():
+    """--jobs: 5 s late, within lease + poll (12 s): not overdue yet."""
     instance(timezone.now())
     store_job("soon", jobs.noop, next_run_time=timezone.now() - timedelta(seconds=5))
-    result = apscheduler("health")
+    result = apscheduler("health", "--jobs")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("OK: 1 scheduler instances alive; no job broken or overdue")
 
 
 def test_health_no_instance_only_checks_overdue_jobs():
@@ -294,17 +323,232 @@ def test_health_json_reports_instances_overdue_jobs_and_problems():
     assert healthy.returncode == 0, healthy.stderr
     assert json.loads(healthy.stdout) == {
         "healthy": True,
+        "checks": ["instances"],
         "instances": [alive.id],
-        "overdue": [],
+        "broken": None,  # not checked without --jobs
+        "overdue": None,
         "problems": [],
     }
 
     DjangoSchedulerInstance.objects.all().delete()
     store_job("late", jobs.noop, next_run_time=timezone.now() - timedelta(minutes=5))
-    sick = apscheduler("health", "--format", "json")
+    store_broken_job("broken")
+    sick = apscheduler("health", "--jobs", "--format", "json")
     assert sick.returncode == 1
     report = json.loads(sick.stdout)
     assert report["healthy"] is False and report["instances"] == []
+    assert report["checks"] == ["instances", "jobs"]
     [overdue] = report["overdue"]
     assert overdue["id"] == "late" and 290 <= overdue["late_seconds"] <= 400
-    assert len(report["problems"]) == 2
+    [broken] = report["broken"]
+    assert broken["id"] == "broken" and "no_such_function" in broken["reason"]
+    assert len(report["problems"]) == 3
+
+
+# --- health: liveness apart from job problems (issue 9, defect 10) -------------------
+
+
+def _sick_jobs() -> None:
+    """A broken job due a minute ago (it never moves on), a paused broken one, an overdue one."""
+    late = timezone.now() - timedelta(minutes=1)
+    store_broken_job("broken-due")
+    DjangoJob.objects.filter(id="broken-due").update(next_run_time=late)
+    store_broken_job("broken-paused")
+    DjangoJob.objects.filter(id="broken-paused").update(next_run_time=None)
+    store_job("late", jobs.noop, next_run_time=late)
+    store_job("fine", jobs.noop)
+
+
+def test_health_is_a_liveness_check_that_job_problems_do_not_fail():
+    """A live instance with broken and overdue jobs is alive: `health` exits 0.
+
+    Before, one unrestorable job made `health` exit 1 for good, and a liveness
+    probe restarted healthy pods in a loop.
+    """
+    instance(timezone.now())
+    _sick_jobs()
+    result = command("health")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OK: 1 scheduler instances alive."
+
+
+def test_health_jobs_fails_naming_the_broken_and_overdue_jobs():
+    """`health --jobs` adds the job checks: exit 1, every broken job and the overdue one named."""
+    instance(timezone.now())
+    _sick_jobs()
+    result = command("health", "--jobs")
+    assert result.returncode == 1
+    assert "cannot be restored (broken): broken-due (" in result.stderr
+    assert "broken-paused (" in result.stderr and "no_such_function" in result.stderr
+    assert "apscheduler remove JOB_ID" in result.stderr
+    assert "overdue beyond their grace time: late (" in result.stderr
+    # A broken job is reported once, as broken, not also as overdue.
+    assert "broken-due (" not in result.stderr.split("overdue beyond")[1]
+    assert "fine" not in result.stderr
+
+
+def test_health_this_host_counts_only_instances_of_this_host():
+    """--this-host: another host's live instance does not make this one alive (per-pod probe)."""
+    instance(timezone.now())  # host "probe-host"
+    assert command("health").returncode == 0
+    elsewhere = command("health", "--this-host")
+    assert elsewhere.returncode == 1
+    assert "no scheduler instance on this host (" in elsewhere.stderr
+    DjangoSchedulerInstance.objects.create(
+        id="local:1:x", host=socket.gethostname()[:255], pid=1, started=timezone.now(),
+        last_heartbeat=timezone.now(),
+    )  # fmt: skip
+    here = command("health", "--this-host")
+    assert here.returncode == 0, here.stderr
+    assert here.stdout.strip() == "OK: 1 scheduler instances alive on this host."
+
+
+# --- one listing order everywhere, bounded run, prune limits (issue 9, defect 14) ------------
+
+
+def test_list_orders_by_next_run_time_then_paused_and_finished_last_then_id():
+    """Next run time ascending, jobs without one (paused, finished) last, ties by id.
+
+    Before, the database chose where NULLs go: paused jobs came first on SQLite
+    and MariaDB, last on PostgreSQL.
+    """
+    store_job("a-paused", jobs.noop, next_run_time=None)
+    store_job("z-later", jobs.noop, next_run_time=datetime(2031, 1, 1, tzinfo=UTC))
+    store_job("y-sooner", jobs.noop, next_run_time=datetime(2030, 1, 1, tzinfo=UTC))
+    store_job("b-same-time", jobs.noop, next_run_time=datetime(2030, 1, 1, tzinfo=UTC))
+    store_finished_job("0-done")
+    listed = [job["id"] for job in json.loads(command("list", "--format", "json").stdout)]
+    assert listed == ["b-same-time", "y-sooner", "z-later", "0-done", "a-paused"]
+    table = command("list").stdout.strip().splitlines()[1:]
+    assert [line.split()[0] for line in table] == listed
+
+
+@pytest.mark.slow
+def test_run_timeout_bounds_the_command_and_logs_the_run_as_interrupted():
+    """`run --timeout 1` on a job that sleeps 60 s ends without waiting for it.
+
+    Before, the interpreter waited for the job's thread at exit, so the command
+    took as long as the job. Now it reports the run as timed out (exit 1) and
+    the run, cut off as the process exits, is logged as Interrupted, naming the
+    timeout. The subprocess timeout (30 s) only bounds a hang; the assertions
+    are on what the command reports and logs.
+    """
+    store_job("sleeper", jobs.sleep, args=(60,))
+    result = apscheduler("run", "sleeper", "--timeout", "1", timeout=30)
+    assert result.returncode == 1
+    assert "sleeper: timed_out (still running after --timeout 1 s" in result.stderr
+    assert "Traceback" not in result.stderr
+    [row] = DjangoJobExecution.objects.filter(job_id="sleeper")
+    assert row.status == DjangoJobExecution.INTERRUPTED
+    assert "apscheduler run --timeout 1" in row.exception and "exited before" in row.exception
+
+
+@pytest.mark.slow
+def test_run_without_timeout_waits_for_the_run_to_end():
+    """No --timeout: the command waits for the run, however long, and reports its real outcome."""
+    store_job("short", jobs.sleep, args=(1.5,))
+    result = apscheduler("run", "short", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "short: succeeded" in result.stdout
+    assert DjangoJobExecution.objects.get(job_id="short").status == DjangoJobExecution.SUCCESS
+
+
+@pytest.mark.parametrize("huge", ["99999999999w", "999999999999999999999", "200000w"])
+def test_prune_with_a_max_age_beyond_the_calendar_is_a_clear_error(huge):
+    """A --max-age reaching back before year 1: a CommandError naming it (was OverflowError)."""
+    store_job("job", jobs.noop)
+    log_run("job", DjangoJobExecution.SUCCESS, timezone.now() - timedelta(days=30))
+    with pytest.raises(CommandError) as caught:
+        call_command("apscheduler", "prune", f"--max-age={huge}")
+    assert caught.value.returncode == 2
+    assert str(caught.value).startswith(f"--max-age: {huge!r} reaches back before the year 1")
+    assert DjangoJobExecution.objects.count() == 1
+
+
+def test_prune_accepts_the_largest_max_age_the_message_names():
+    """The limit the error names is one that works: nothing is old enough to go."""
+    log_run(store_job("job", jobs.noop).id, DjangoJobExecution.SUCCESS, timezone.now())
+    refused = command("prune", "--max-age=200000w")
+    assert refused.returncode == 2
+    largest = refused.stderr.split("give at most ")[1].split(" ")[0]
+    assert command("prune", "--max-age", largest).stdout.startswith("Deleted 0 logged runs")
+
+
+# --- Django's standard options after the action (issue 9, defect 18) ------------------------
+
+
+def _option_strings(help_text: str) -> set[str]:
+    """The long options a ``--help`` text lists in its options section (not in descriptions)."""
+    return set(re.findall(r"^ {2}(?:-\w(?: \S+)?, )?(--[a-z][a-z-]*)", help_text, re.MULTILINE))
+
+
+def test_every_action_lists_the_standard_options_of_the_command():
+    """Each action's --help lists every option of the command's own --help (Django's)."""
+    from django_apscheduler.management.commands.apscheduler import Command
+
+    parser = Command().create_parser("manage.py", "apscheduler")
+    standard = _option_strings(parser.format_help())
+    assert {"--settings", "--verbosity", "--traceback", "--pythonpath", "--no-color"} <= standard
+    for action in ("list", "run", "pause", "resume", "remove", "prune", "health"):
+        out = io.StringIO()
+        with pytest.raises(SystemExit), contextlib.redirect_stdout(out):
+            parser.parse_args([action, "--help"])
+        assert standard <= _option_strings(out.getvalue()), action
+
+
+@pytest.mark.parametrize(
+    "argv, verbosity, traceback",
+    [
+        (["list", "-v", "2"], 2, False),
+        (["list", "--verbosity=3", "--traceback"], 3, True),
+        (["-v", "2", "list"], 2, False),  # before the action: not reset by the action's parser
+        (["--traceback", "health", "--jobs"], 1, True),
+        (["health", "--settings=tests.settings", "--no-color"], 1, False),
+    ],
+)
+def test_standard_options_parse_before_or_after_the_action(argv, verbosity, traceback):
+    """The options reach the command with their values, wherever they are given."""
+    from django_apscheduler.management.commands.apscheduler import Command
+
+    options = Command().create_parser("manage.py", "apscheduler").parse_args(argv)
+    assert (options.verbosity, options.traceback) == (verbosity, traceback)
+
+
+def test_standard_options_after_the_action_through_call_command():
+    """call_command with `health --settings=...`, `list -v 2` and `list --traceback` works."""
+    instance(timezone.now())
+    store_job("job", jobs.noop)
+    assert command("health", "--settings=tests.settings").returncode == 0
+    for args in (["list", "-v", "2"], ["list", "--traceback", "--format", "json"]):
+        result = command(*args)
+        assert result.returncode == 0, result.stderr
+        assert "job" in result.stdout
+
+
+@pytest.mark.slow
+def test_standard_options_after_the_action_from_the_command_line():
+    """`python -m django apscheduler health --settings=tests.settings` and `list -v 2`.
+
+    Before, both exited 2 with "unrecognized arguments", so a probe written that
+    way reported unhealthy forever. The settings module comes from --settings
+    alone here: DJANGO_SETTINGS_MODULE is unset.
+    """
+    instance(timezone.now())
+    store_job("job", jobs.noop)
+    env = dict(os.environ, DJANGO_APSCHEDULER_TEST_DB_NAME=connection.settings_dict["NAME"])
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    env.pop("DJANGO_APSCHEDULER_TEST_SETTINGS", None)
+    for args in (
+        ["health", "--settings=tests.settings"],
+        ["list", "-v", "2", "--settings", "tests.settings"],
+        ["list", "--traceback", "--settings=tests.settings"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "django", "apscheduler", *args],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, (args, result.stderr)
+        assert "unrecognized arguments" not in result.stderr
+        assert ("OK: 1 scheduler instances alive" if args[0] == "health" else "job") in (
+            result.stdout
+        )

@@ -6,25 +6,39 @@
     manage.py apscheduler run JOB_ID [JOB_ID ...] [--timeout SECONDS]
     manage.py apscheduler pause|resume|remove JOB_ID
     manage.py apscheduler prune --max-age 7d
-    manage.py apscheduler health [--format json]
+    manage.py apscheduler health [--this-host] [--jobs] [--no-instance] [--format json]
 
-``health`` exits 0 when a scheduler instance has a fresh heartbeat and no
-job is overdue beyond its grace time, and 1 otherwise: a container liveness
-or readiness probe. Unknown job ids are reported by name, with exit code 1.
+``health`` is a liveness check by default: it exits 0 when a scheduler
+instance has a fresh heartbeat (an instance heartbeats only while it can
+dispatch), and 1 otherwise. ``--jobs`` adds the job checks, for readiness
+probes and alerts: it also exits 1 when a job cannot be restored (broken) or
+is overdue beyond its grace time, naming the jobs. A broken job is a problem
+of that job, not of the scheduler: it never fails the liveness check, so a
+probe never restarts healthy processes in a loop over it.
+
+Every action takes Django's standard options (``--settings``, ``-v``,
+``--traceback`` ...) before or after its name. Unknown job ids are reported
+by name, with exit code 1.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
+import os
 import re
-from datetime import timedelta
+import socket
+import sys
+import threading
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db.models import OuterRef, Subquery
+from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
-from django_apscheduler import client, conf, coordination, run_now, util
+from django_apscheduler import client, conf, coordination, executions, run_now, util
 from django_apscheduler.exceptions import UnrestorableJobError
 from django_apscheduler.jobstores import restore_job
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
@@ -40,35 +54,142 @@ def duration(text: str) -> int:
     return int(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def _hostname() -> str:
+    """This machine's name as scheduler instances record it in ``DjangoSchedulerInstance.host``."""
+    return socket.gethostname()[:255]
+
+
 class Command(BaseCommand):
     help = "Lists, runs, pauses, resumes and removes stored jobs; prunes the log; checks health."
 
+    #: Set by ``run`` when runs were still going at its timeout: the process
+    #: must then exit without waiting for their threads (see run_from_argv).
+    _abandoned_runs = False
+    #: True when run from the command line (run_from_argv), not through call_command.
+    _from_cli = False
+
     def add_arguments(self, parser: Any) -> None:
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-        listing = actions.add_parser("list", help="List the jobs.")
+
+        def action(name: str, text: str) -> Any:
+            sub = actions.add_parser(name, help=text, description=text)
+            self._add_standard_options(sub)
+            return sub
+
+        listing = action("list", "List the jobs: next to run first, paused and finished last.")
         listing.add_argument("--format", choices=["table", "json"], default="table")
-        run = actions.add_parser("run", help="Run jobs once, now, in this process.")
+        run = action("run", "Run jobs once, now, in this process.")
         run.add_argument("job_ids", nargs="+", metavar="JOB_ID")
-        run.add_argument("--timeout", type=float, default=None, help="Seconds to wait.")
+        run.add_argument(
+            "--timeout",
+            type=float,
+            default=None,
+            help="Seconds to wait for the runs; runs still going then are cut off when the "
+            "command exits, and logged as Interrupted (default: wait until they end).",
+        )
         for name, text in (
             ("pause", "Pause a job."),
             ("resume", "Resume a paused job."),
             ("remove", "Remove a job and its log."),
         ):
-            action = actions.add_parser(name, help=text)
-            action.add_argument("job_id", metavar="JOB_ID")
-        prune = actions.add_parser("prune", help="Delete logged runs older than --max-age.")
+            action(name, text).add_argument("job_id", metavar="JOB_ID")
+        prune = action("prune", "Delete logged runs older than --max-age.")
         prune.add_argument("--max-age", required=True, help="e.g. 604800, 12h, 7d, 2w")
-        health = actions.add_parser("health", help="Exit 0 if healthy, 1 if not.")
+        health = action(
+            "health",
+            "Liveness: exit 0 if a scheduler instance heartbeats, 1 if not. With --jobs, also "
+            "exit 1 if a job is broken or overdue.",
+        )
         health.add_argument("--format", choices=["text", "json"], default="text")
+        health.add_argument(
+            "--this-host",
+            action="store_true",
+            help="Only count scheduler instances running on this host (a per-pod liveness "
+            "probe); by default any instance of the deployment counts.",
+        )
+        health.add_argument(
+            "--jobs",
+            action="store_true",
+            help="Also check the jobs: fail if one cannot be restored (broken) or is overdue "
+            "beyond its grace time (for readiness probes and alerts, not liveness).",
+        )
         health.add_argument(
             "--no-instance",
             action="store_true",
-            help="Do not require a live scheduler instance (only check for overdue jobs).",
+            help="Do not require a live scheduler instance; only check the jobs (implies --jobs).",
         )
+
+    def _add_standard_options(self, sub: Any) -> None:
+        """Give an action the standard options Django gives every command (``--help`` lists them).
+
+        They are on the command's parser already, but argparse hands everything
+        after the action's name to the action's parser alone, which rejected
+        ``health --settings=prod`` and ``list -v 2``. Their defaults are
+        suppressed here, so a value given before the action is not reset by the
+        action's parser.
+        """
+        quiet = argparse.SUPPRESS
+        self.add_base_argument(
+            sub,
+            "--version",
+            action="version",
+            version=self.get_version(),
+            help="Show program's version number and exit.",
+        )
+        self.add_base_argument(
+            sub,
+            "-v",
+            "--verbosity",
+            type=int,
+            choices=[0, 1, 2, 3],
+            default=quiet,
+            help="Verbosity level; 0=minimal output, 1=normal output, 2=verbose output, "
+            "3=very verbose output",
+        )
+        self.add_base_argument(
+            sub, "--settings", default=quiet, help="The Python path to a settings module."
+        )
+        self.add_base_argument(
+            sub, "--pythonpath", default=quiet, help="A directory to add to the Python path."
+        )
+        for flag, text in (
+            ("--traceback", "Display a full stack trace on CommandError exceptions."),
+            ("--no-color", "Don't colorize the command output."),
+            ("--force-color", "Force colorization of the command output."),
+        ):
+            self.add_base_argument(sub, flag, action="store_true", default=quiet, help=text)
+        if self.requires_system_checks:
+            sub.add_argument(
+                "--skip-checks", action="store_true", default=quiet, help="Skip system checks."
+            )
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         getattr(self, f"do_{action}")(**options)
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        """Run from the command line; exit at once if ``run --timeout`` left runs going.
+
+        Python cannot stop a thread, and the interpreter waits for the run's
+        threads before it exits: ``run --timeout 1`` took as long as its jobs.
+        Their runs are logged as Interrupted (:meth:`_interrupt`), then the
+        process ends without waiting for them.
+        """
+        self._from_cli = True
+        try:
+            super().run_from_argv(argv)
+        except SystemExit as exc:
+            if not self._abandoned_runs:
+                raise
+            code = exc.code if isinstance(exc.code, int) else 1
+        else:
+            if not self._abandoned_runs:
+                return
+            code = 0
+        executions.recorder.flush(timeout=5)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     # --- list ---------------------------------------------------------------------
 
@@ -77,7 +198,7 @@ class Command(BaseCommand):
         rows = DjangoJob.objects.annotate(
             last_status=Subquery(last.values("status")[:1]),
             last_run_time=Subquery(last.values("run_time")[:1]),
-        ).order_by("next_run_time", "id")
+        ).order_by(F("next_run_time").asc(nulls_last=True), "id")  # one order on every database
         jobs = [self._describe(row) for row in rows]
         if format == "json":
             self.stdout.write(json.dumps(jobs, indent=2))
@@ -127,7 +248,18 @@ class Command(BaseCommand):
     # --- run, pause, resume, remove -----------------------------------------------------
 
     def do_run(self, job_ids: list[str], timeout: float | None, **options: Any) -> None:
-        outcomes = run_now.run_jobs_now(job_ids, timeout=timeout)
+        if timeout is not None and not 0 <= timeout < threading.TIMEOUT_MAX:
+            raise CommandError(
+                f"--timeout: {timeout!r} is not a number of seconds from 0 to "
+                f"{threading.TIMEOUT_MAX:g}.",
+                returncode=2,
+            )
+        outcomes = run_now.run_jobs_now(
+            job_ids, timeout=threading.TIMEOUT_MAX if timeout is None else timeout
+        )
+        left = [o for o in outcomes if o.status is run_now.RunStatus.TIMED_OUT]
+        if left and self._from_cli:
+            self._interrupt(left, timeout)
         failed = False
         for outcome in outcomes:
             if outcome.status is run_now.RunStatus.NOT_FOUND:
@@ -135,6 +267,13 @@ class Command(BaseCommand):
                 failed = True
                 continue
             text = f"{outcome.job_id}: {outcome.status.value}"
+            if outcome.status is run_now.RunStatus.TIMED_OUT:
+                text += (
+                    f" (still running after --timeout {timeout:g} s; cut off when this command "
+                    "exits, logged as Interrupted)"
+                    if self._from_cli
+                    else f" (still running after {timeout:g} s; it goes on in the background)"
+                )
             if outcome.message:
                 text += f" ({outcome.message})"
             if outcome.succeeded:
@@ -144,6 +283,20 @@ class Command(BaseCommand):
                 failed = True
         if failed:
             raise CommandError("Not every job ran successfully.", returncode=1)
+
+    def _interrupt(self, outcomes: list[run_now.JobRunOutcome], timeout: float | None) -> None:
+        """Log the runs still going at the timeout as Interrupted: this process ends them."""
+        self._abandoned_runs = True
+        reason = (
+            f"Interrupted: `manage.py apscheduler run --timeout {timeout:g}` exited before this "
+            "run finished."
+        )
+        ids = [o.execution_id for o in outcomes if o.execution_id is not None]
+        DjangoJobExecution.objects.filter(id__in=ids, status=DjangoJobExecution.SENT).update(
+            status=DjangoJobExecution.INTERRUPTED,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+        )
 
     def _on_job(self, method: str, job_id: str, done: str) -> None:
         try:
@@ -174,53 +327,100 @@ class Command(BaseCommand):
             seconds = duration(max_age)
         except ValueError as exc:
             raise CommandError(f"--max-age: {exc}", returncode=2) from None
+        try:
+            timezone.now() - timedelta(seconds=seconds)
+        except OverflowError:
+            oldest = (timezone.now() - datetime.min.replace(tzinfo=timezone.now().tzinfo)).days
+            raise CommandError(
+                f"--max-age: {max_age!r} reaches back before the year 1; give at most "
+                f"{oldest // 7}w ({oldest}d).",
+                returncode=2,
+            ) from None
         deleted = DjangoJobExecution.objects.delete_old_job_executions(seconds)
         self.stdout.write(f"Deleted {deleted} logged runs older than {max_age}.")
 
     # --- health -----------------------------------------------------------------------
 
-    def do_health(self, format: str, no_instance: bool, **options: Any) -> None:
+    def do_health(
+        self, format: str, this_host: bool, jobs: bool, no_instance: bool, **options: Any
+    ) -> None:
         now = timezone.now()
         lease = coordination.lease_time()
-        alive = list(
-            DjangoSchedulerInstance.objects.filter(last_heartbeat__gte=now - lease).values_list(
-                "id", flat=True
-            )
-        )
-        # A job is overdue when it should have started longer ago than its grace
-        # time, plus the time a scheduler may take to notice it (lease + poll).
-        slack = lease + timedelta(seconds=float(conf.get("APSCHEDULER_POLL_INTERVAL")))
-        overdue = []
-        candidates = DjangoJob.objects.filter(next_run_time__lt=now - slack).values_list(
-            "id", "next_run_time", "job_state"
-        )
-        for job_id, next_run_time, state in candidates:
-            try:
-                grace = restore_job(state).misfire_grace_time or 0
-            except Exception:
-                grace = 0
-            late = now - next_run_time
-            if late > slack + timedelta(seconds=grace):
-                overdue.append({"id": job_id, "late_seconds": round(late.total_seconds(), 1)})
+        check_jobs = jobs or no_instance
+        instances = DjangoSchedulerInstance.objects.filter(last_heartbeat__gte=now - lease)
+        if this_host:
+            instances = instances.filter(host=_hostname())
+        alive = list(instances.order_by("id").values_list("id", flat=True))
         problems = []
         if not alive and not no_instance:
+            where = f" on this host ({_hostname()})" if this_host else ""
             problems.append(
-                f"no scheduler instance has heartbeated in the last {lease.total_seconds():g} s"
+                f"no scheduler instance{where} has heartbeated in the last "
+                f"{lease.total_seconds():g} s (APSCHEDULER_LEASE_TIME); is a "
+                "scheduler running (`manage.py runapscheduler` or APSCHEDULER_AUTOSTART)? Its log "
+                "says why it stopped"
             )
-        if overdue:
-            problems.append(
-                "overdue beyond their grace time: "
-                + ", ".join(f"{o['id']} ({o['late_seconds']} s late)" for o in overdue)
-            )
+        broken: list[dict[str, Any]] | None = None
+        overdue: list[dict[str, Any]] | None = None
+        if check_jobs:
+            broken, overdue = self._job_problems(now, lease)
+            if broken:
+                problems.append(
+                    "cannot be restored (broken): "
+                    + ", ".join(f"{b['id']} ({b['reason']})" for b in broken)
+                    + "; fix the code or remove them (`manage.py apscheduler remove JOB_ID`)"
+                )
+            if overdue:
+                problems.append(
+                    "overdue beyond their grace time: "
+                    + ", ".join(f"{o['id']} ({o['late_seconds']} s late)" for o in overdue)
+                )
         if format == "json":
             report = {
                 "healthy": not problems,
+                "checks": ["instances"] * (not no_instance) + ["jobs"] * check_jobs,
                 "instances": alive,
+                "broken": broken,
                 "overdue": overdue,
                 "problems": problems,
             }
             self.stdout.write(json.dumps(report, indent=2))
         elif not problems:
-            self.stdout.write(f"OK: {len(alive)} scheduler instances alive, no job overdue.")
+            text = "OK: "
+            if not no_instance:
+                text += f"{len(alive)} scheduler instances alive"
+                text += " on this host" if this_host else ""
+                text += "; " if check_jobs else "."
+            if check_jobs:
+                text += "no job broken or overdue."
+            self.stdout.write(text)
         if problems:
             raise CommandError("Unhealthy: " + "; ".join(problems), returncode=1)
+
+    @staticmethod
+    def _job_problems(
+        now: datetime, lease: timedelta
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The jobs that cannot be restored here, and those overdue beyond their grace time.
+
+        A job is overdue when it should have started longer ago than its grace
+        time, plus the time a scheduler may take to notice it (lease + poll).
+        A broken job is reported as broken only (its next run time never moves).
+        """
+        slack = lease + timedelta(seconds=float(conf.get("APSCHEDULER_POLL_INTERVAL")))
+        broken, overdue = [], []
+        rows = DjangoJob.objects.order_by("id").values_list("id", "next_run_time", "job_state")
+        for job_id, next_run_time, state in rows.iterator():
+            if not state:  # the kept record of a finished one-shot job
+                continue
+            try:
+                job = restore_job(state)
+            except Exception as exc:
+                broken.append({"id": job_id, "reason": f"{type(exc).__name__}: {exc}"})
+                continue
+            if next_run_time is None:
+                continue
+            late = now - next_run_time
+            if late > slack + timedelta(seconds=job.misfire_grace_time or 0):
+                overdue.append({"id": job_id, "late_seconds": round(late.total_seconds(), 1)})
+        return broken, overdue
