@@ -281,6 +281,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             job = self._restore(job_id, job_state)
             if job is not None:
                 jobs.append(job)
+        # Stored local times (USE_TZ = False) order the repeated hour of autumn wrongly.
+        jobs.sort(
+            key=lambda job: (
+                job.next_run_time is None,
+                job.next_run_time.timestamp() if job.next_run_time else 0,
+                job.id,
+            )
+        )
         return jobs
 
     # --- the APScheduler job store interface ------------------------------------
@@ -310,9 +318,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         self._coordinator.ensure_running()
         self._flush_write_backs()  # left over if a round ended without get_next_run_time
         broken = self._known_broken()
-        due_by = util.get_django_internal_datetime(now)
         limit = self._dispatch_limit()
-        claims = self._coordinator.claim(due_by, broken, limit)  # type: ignore[arg-type]
+        claims = self._coordinator.claim(now, broken, limit)
 
         jobs = []
         for claim in claims:
@@ -353,8 +360,6 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     self._round_thread = None
                     self._round_ids = set()
             if next_run_time is not None:
-                if timezone.is_naive(next_run_time):
-                    next_run_time = timezone.make_aware(next_run_time)
                 next_run_time = next_run_time.astimezone(self._scheduler.timezone)
             coordinator.reported_next = next_run_time
             coordinator.has_reported = True
