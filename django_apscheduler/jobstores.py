@@ -269,17 +269,18 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def _get_jobs(self, **filters: Any) -> list[Job]:
         """Restore the jobs matching ``filters``, in next-run-time order, skipping broken rows."""
 
-        def query() -> list[tuple[str, Any]]:
+        def query() -> list[tuple[str, Any, Any]]:
             rows = DjangoJob.objects.using(self._db).filter(**filters)
             rows = rows.order_by(F("next_run_time").asc(nulls_last=True), "id")
-            return list(rows.values_list("id", "job_state"))
+            return list(rows.values_list("id", "job_state", "next_run_time"))
 
         jobs = []
-        for job_id, job_state in self._run(query, "load jobs"):
+        for job_id, job_state, next_run_time in self._run(query, "load jobs"):
             if not job_state:  # the kept record of a finished one-shot job
                 continue
             job = self._restore(job_id, job_state)
             if job is not None:
+                self._follow_row(job, job_id, next_run_time)
                 jobs.append(job)
         # Stored local times (USE_TZ = False) order the repeated hour of autumn wrongly.
         jobs.sort(
@@ -291,6 +292,39 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         )
         return jobs
 
+    def _follow_row(self, job: Job, job_id: str, stored_next_run_time: datetime | None) -> None:
+        """Make a restored job agree with its row, where the two disagree: the row wins.
+
+        Normally the pickled state and the row's columns say the same. They
+        disagree when someone edited the row with SQL: an operator who sets
+        ``next_run_time`` to force (or postpone, or pause with NULL) a run, or
+        who copied a row under another id. Trusting the pickle then loops:
+        the row stays due while the job is not. So the row's id and next run
+        time are taken, and the state is corrected when the job is written
+        back.
+        """
+        if job.id != job_id:
+            logger.warning(
+                "Job %r: its stored state names it %r (was the row copied?); it is its own job "
+                "%r from now on",
+                job_id,
+                job.id,
+                job_id,
+            )
+            job.id = job_id
+        stored = util.stored_instant(stored_next_run_time, job.next_run_time)
+        if not util.same_instant(stored, job.next_run_time, util.STORED_PRECISION):
+            logger.warning(
+                "Job %r: its row's next_run_time (%s) differs from its stored state's (%s); "
+                "the row's is used",
+                job_id,
+                stored,
+                job.next_run_time,
+            )
+            job.next_run_time = (
+                None if stored is None else stored.astimezone(self._scheduler.timezone)
+            )
+
     # --- the APScheduler job store interface ------------------------------------
 
     def lookup_job(self, job_id: str) -> Job | None:
@@ -298,17 +332,19 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return (
                 DjangoJob.objects.using(self._db)
                 .filter(id=job_id)
-                .values_list("job_state", flat=True)
+                .values_list("job_state", "next_run_time")
                 .first()
             )
 
-        job_state = self._run(query, f"look up job {job_id!r}")
+        job_state, next_run_time = self._run(query, f"look up job {job_id!r}") or (None, None)
         if not job_state:
             return None
         try:
-            return self._reconstitute_job(job_state)
+            job = self._reconstitute_job(job_state)
         except Exception as exc:
             raise UnrestorableJobError(job_id, exc) from exc
+        self._follow_row(job, job_id, next_run_time)
+        return job
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
         if self._stopped:
@@ -328,6 +364,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 # Perhaps another process can restore it (a deploy in progress).
                 self._coordinator.settle(claim.job_id, None)
                 continue
+            self._follow_row(job, claim.job_id, claim.next_run_time)
             executions.instrument(job, self._awaits_coroutines(job.executor))
             jobs.append(job)
         self._round_ids = {job.id for job in jobs}

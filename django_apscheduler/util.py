@@ -34,6 +34,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: the same order as the instants they stand for.
 MAX_OFFSET_CHANGE = timedelta(hours=3)
 
+#: A stored next run time this close to the one in the job's pickled state is
+#: the same one: a column may keep whole seconds only (MySQL tables from before
+#: 5.6.4), while the state keeps microseconds.
+STORED_PRECISION = timedelta(seconds=1)
+
 
 def get_dt_format() -> str:
     """Return the date format used to show datetimes (``APSCHEDULER_DATETIME_FORMAT``)."""
@@ -75,20 +80,24 @@ def stored_instant(value: datetime | None, hint: datetime | None = None) -> date
     """
     if value is None or timezone.is_aware(value):
         return value
-    if hint is not None and timezone.is_aware(hint) and get_django_internal_datetime(hint) == value:
-        return hint
+    if hint is not None and timezone.is_aware(hint):
+        local = get_django_internal_datetime(hint)
+        if local is not None and abs(local - value) < STORED_PRECISION:
+            return hint
     return timezone.make_aware(value)
 
 
-def same_instant(a: datetime | None, b: datetime | None) -> bool:
-    """True if two aware datetimes (or Nones) are the same instant.
+def same_instant(
+    a: datetime | None, b: datetime | None, tolerance: timedelta = timedelta(0)
+) -> bool:
+    """True if two aware datetimes (or Nones) are the same instant, give or take ``tolerance``.
 
     Compared in UTC: Python compares datetimes that share a ``tzinfo`` by
     their wall times, which is wrong for a time in a gap or fold.
     """
     if a is None or b is None:
         return a is b
-    return a.astimezone(dt_timezone.utc) == b.astimezone(dt_timezone.utc)
+    return abs(a.astimezone(dt_timezone.utc) - b.astimezone(dt_timezone.utc)) <= tolerance
 
 
 def utc(dt: datetime) -> datetime:
