@@ -27,10 +27,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from django.test.utils import override_settings
+from django.utils import timezone as dj_timezone
 
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob
 from tests import jobs
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -269,3 +271,22 @@ def test_poll_without_use_tz_wakes_the_scheduler(berlin_naive, monkeypatch):
     writer.shutdown()
     store._coordinator._poll()
     assert threading.get_ident() in woken
+
+
+def test_burst_sees_what_is_due_without_use_tz():
+    """The runner's --burst check compares the store's instants with its own start time."""
+    from django_apscheduler.runner import Runner
+
+    with override_settings(USE_TZ=False, TIME_ZONE="Europe/Berlin"):
+        runner = Runner()
+        runner.start()
+        try:
+            runner.scheduler.add_job(
+                jobs.noop, "date", run_date=datetime.now(UTC) + timedelta(hours=1), id="later"
+            )
+            wait_until(lambda: runner.store._coordinator.instance_id)
+            now = dj_timezone.now()  # naive local time, as the runner takes it
+            assert runner.due_left(now) is False
+            assert runner.due_left(now + timedelta(hours=2)) is True
+        finally:
+            runner.stop(timeout=5)
