@@ -139,6 +139,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # Jobs that could not be restored: id -> monotonic time they were seen broken.
         self._broken: dict[str, float] = {}
         self._broken_reasons: dict[str, str] = {}
+        # Rows seen disagreeing with their pickled state (logged once): id -> what differed.
+        self._disagreements: dict[str, tuple[str, Any]] = {}
         # Jobs handed out by the current get_due_jobs() round, and the thread that
         # asked: the scheduler removes a finished one-shot job from that thread.
         self._round_thread: int | None = None
@@ -301,26 +303,30 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         who copied a row under another id. Trusting the pickle then loops:
         the row stays due while the job is not. So the row's id and next run
         time are taken, and the state is corrected when the job is written
-        back.
+        back. Each disagreement is logged once per process.
         """
         if job.id != job_id:
-            logger.warning(
-                "Job %r: its stored state names it %r (was the row copied?); it is its own job "
-                "%r from now on",
-                job_id,
-                job.id,
-                job_id,
-            )
+            if self._disagreements.get(job_id) != ("id", job.id):
+                self._disagreements[job_id] = ("id", job.id)
+                logger.warning(
+                    "Job %r: its stored state names it %r (was the row copied?); it is its own "
+                    "job %r from now on",
+                    job_id,
+                    job.id,
+                    job_id,
+                )
             job.id = job_id
         stored = util.stored_instant(stored_next_run_time, job.next_run_time)
         if not util.same_instant(stored, job.next_run_time, util.STORED_PRECISION):
-            logger.warning(
-                "Job %r: its row's next_run_time (%s) differs from its stored state's (%s); "
-                "the row's is used",
-                job_id,
-                stored,
-                job.next_run_time,
-            )
+            if self._disagreements.get(job_id) != ("next_run_time", stored):
+                self._disagreements[job_id] = ("next_run_time", stored)
+                logger.warning(
+                    "Job %r: its row's next_run_time (%s) differs from its stored state's (%s); "
+                    "the row's is used",
+                    job_id,
+                    stored,
+                    job.next_run_time,
+                )
             job.next_run_time = (
                 None if stored is None else stored.astimezone(self._scheduler.timezone)
             )

@@ -184,3 +184,17 @@ def test_a_column_without_fractions_of_seconds_agrees_with_the_state(store, capl
         assert store.lookup_job("precise").next_run_time.astimezone(UTC) == precise
         assert [job.id for job in store.get_due_jobs(precise)] == ["precise"]
     assert not [r for r in caplog.records if "differs" in r.getMessage()]
+
+
+def test_next_run_time_nulled_by_sql_pauses_the_job_logged_once(store, caplog):
+    """The column set to NULL: the job is paused, as the row says; the warning comes once."""
+    store.add_job(interval_job(store._scheduler, "nulled", T0))
+    DjangoJob.objects.filter(id="nulled").update(next_run_time=None)
+    with caplog.at_level("WARNING", logger="django_apscheduler"):
+        for _ in range(3):
+            assert [job.next_run_time for job in store.get_all_jobs()] == [None]
+            assert store.lookup_job("nulled").next_run_time is None
+        assert store.get_due_jobs(T0 + timedelta(days=1)) == []
+        assert store.get_next_run_time() is None
+    warnings = [r for r in caplog.records if "differs" in r.getMessage()]
+    assert len(warnings) == 1 and "'nulled'" in warnings[0].getMessage()
