@@ -91,8 +91,9 @@ def claim_due(
     """
     backend = backends.for_alias(using)
     now = timezone.now()
-    exact = util.local_times_are_exact(due_by)
-    bound = due_by if exact else due_by + util.MAX_OFFSET_CHANGE
+    margin = util.local_time_margin(due_by)
+    exact = margin is None
+    bound = due_by if margin is None else due_by + margin
     with backend.write_transaction(using):
         rows = (
             DjangoJob.objects.using(using)
@@ -126,9 +127,15 @@ def claim_due(
 
 
 def _instant(next_run_time: datetime | None, job_state: bytes | memoryview) -> datetime | None:
-    """The instant a row's stored next run time stands for, disambiguated by its state."""
+    """The instant a row's stored next run time stands for, disambiguated by its state.
+
+    The state is unpickled only for an ambiguous local time; any other names
+    one instant, whatever the state says (the row wins, see the job store).
+    """
     if next_run_time is None or timezone.is_aware(next_run_time):
         return next_run_time
+    if not util.is_ambiguous(next_run_time):
+        return util.stored_instant(next_run_time)
     return util.stored_instant(next_run_time, util.state_next_run_time(job_state))
 
 

@@ -317,7 +317,12 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 )
             job.id = job_id
         stored = util.stored_instant(stored_next_run_time, job.next_run_time)
-        if not util.same_instant(stored, job.next_run_time, util.STORED_PRECISION):
+        if util.same_instant(stored, job.next_run_time, util.STORED_PRECISION):
+            # The same time, but a column keeping whole seconds may stand a
+            # little earlier: the job is due when its row says, never later.
+            if stored is not None and util.utc(stored) < util.utc(job.next_run_time):
+                job.next_run_time = stored.astimezone(self._scheduler.timezone)
+        else:
             if self._disagreements.get(job_id) != ("next_run_time", stored):
                 self._disagreements[job_id] = ("next_run_time", stored)
                 logger.warning(

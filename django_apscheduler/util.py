@@ -73,17 +73,19 @@ def stored_instant(value: datetime | None, hint: datetime | None = None) -> date
 
     An aware ``value`` (``USE_TZ = True``) is returned as it is. A naive one is
     a local time of ``TIME_ZONE``; ``hint``, an aware datetime such as the
-    job's next run time from its pickled state, is returned when it shows the
-    same local time, since that picks the right one of the two instants an
-    ambiguous local time (the repeated hour of autumn) names. Otherwise the
-    local time is read as Django reads it (the earlier instant if ambiguous).
+    job's next run time from its pickled state, picks which of the two
+    instants an ambiguous local time (the repeated hour of autumn) names, when
+    it shows the same local time (within :data:`STORED_PRECISION`). Otherwise
+    the local time is read as Django reads it (the earlier instant if
+    ambiguous).
     """
     if value is None or timezone.is_aware(value):
         return value
     if hint is not None and timezone.is_aware(hint):
         local = get_django_internal_datetime(hint)
         if local is not None and abs(local - value) < STORED_PRECISION:
-            return hint
+            # In UTC: adding to a local time would drop its fold.
+            return hint.astimezone(dt_timezone.utc) + (value - local)
     return timezone.make_aware(value)
 
 
@@ -114,23 +116,27 @@ def is_ambiguous(value: datetime) -> bool:
     )
 
 
-def local_times_are_exact(now: datetime) -> bool:
-    """True if the stored datetimes can be compared with ``now`` in SQL, as they are.
+def local_time_margin(now: datetime) -> timedelta | None:
+    """None if stored datetimes can be compared with the instant ``now`` in SQL, as they are.
 
     That holds with ``USE_TZ = True``, and with naive local times except near
-    a time zone's UTC offset change: in the hours around the night clocks are
-    set back, local times do not follow the order of the instants, and the
-    candidates must be compared one by one (:func:`stored_instant`).
+    a UTC offset change of ``TIME_ZONE``: around the night clocks are set
+    back, local times do not follow the order of the instants. There the
+    candidates must be compared one by one (:func:`stored_instant`), and the
+    returned margin is how far past the local time of ``now`` a time that is
+    already due may stand (the shift, within the hours after a set-back).
     """
     if settings.USE_TZ:
-        return True
+        return None
     zone = timezone.get_default_timezone()
     now = now.astimezone(dt_timezone.utc)
-    offsets = {
+    before, current, after = (
         (now + delta).astimezone(zone).utcoffset()
         for delta in (-MAX_OFFSET_CHANGE, timedelta(0), MAX_OFFSET_CHANGE)
-    }
-    return len(offsets) == 1
+    )
+    if before == current == after:
+        return None
+    return max(timedelta(0), before - current)  # type: ignore[operator]
 
 
 def state_next_run_time(job_state: bytes | memoryview) -> datetime | None:
