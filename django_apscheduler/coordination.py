@@ -483,7 +483,9 @@ class Coordinator:
                 "look for changed jobs",
             )
             planned = self.reported_next
-            sooner = earliest is not None and (planned is None or earliest < planned)
+            sooner = earliest is not None and (
+                planned is None or util.utc(earliest) < util.utc(planned)
+            )
         if sooner:
             logger.debug("A job changed elsewhere is due at %s; waking the scheduler", earliest)
             self._store._wake_scheduler()

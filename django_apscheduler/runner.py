@@ -99,7 +99,7 @@ class Runner:
         earliest = coordination.earliest_claimable(
             self.store._db, instance, self.store._known_broken()
         )
-        return earliest is not None and earliest <= util.stored_instant(due_by)
+        return earliest is not None and util.utc(earliest) <= util.utc(util.stored_instant(due_by))
 
     def stop(self, timeout: float) -> int:
         """Stop taking fires, wait up to ``timeout`` s for running jobs, shut down.
