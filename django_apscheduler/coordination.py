@@ -43,7 +43,7 @@ from django.db import connections
 from django.db.models import Q
 from django.utils import timezone
 
-from django_apscheduler import backends, conf, db, executions
+from django_apscheduler import backends, conf, db, executions, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 if TYPE_CHECKING:
@@ -82,23 +82,43 @@ def _claimable(instance: str, now: datetime) -> Q:
 def claim_due(
     using: str, instance: str, due_by: datetime, exclude: Iterable[str], limit: int
 ) -> list[Claim]:
-    """Claim up to ``limit`` jobs due by ``due_by`` for ``instance``, earliest first."""
+    """Claim up to ``limit`` jobs due by the instant ``due_by`` for ``instance``, earliest first.
+
+    Near a DST change under ``USE_TZ = False`` the stored local times do not
+    order the instants, so every candidate is compared by its instant there
+    (:func:`util.stored_instant`): a job due in the second pass of the
+    repeated hour is not taken during the first.
+    """
     backend = backends.for_alias(using)
     now = timezone.now()
+    margin = util.local_time_margin(due_by)
+    exact = margin is None
+    bound = due_by if margin is None else due_by + margin
     with backend.write_transaction(using):
         rows = (
             DjangoJob.objects.using(using)
-            .filter(_claimable(instance, now), next_run_time__lte=due_by)
+            .filter(
+                _claimable(instance, now),
+                next_run_time__lte=util.get_django_internal_datetime(bound),
+            )
             .exclude(id__in=list(exclude))
             .order_by("next_run_time", "id")
         )
-        rows = backend.lock_unclaimed(rows, using)[:limit]
+        rows = backend.lock_unclaimed(rows, using)
+        if exact:
+            rows = rows[:limit]
         claims = [
             Claim(job_id, bytes(state), version, nrt)
             for job_id, state, version, nrt in rows.values_list(
                 "id", "job_state", "version", "next_run_time"
             )
         ]
+        if not exact:
+            due = [(_instant(c.next_run_time, c.job_state), c) for c in claims]
+            due = [(util.utc(at), c) for at, c in due if at is not None]
+            due = [(at, c) for at, c in due if at <= util.utc(due_by)]
+            claims = [c for _, c in sorted(due, key=lambda item: (item[0], item[1].job_id))]
+            claims = claims[:limit]
         if claims:
             DjangoJob.objects.using(using).filter(id__in=[c.job_id for c in claims]).update(
                 acquired_by=instance, acquired_until=now + lease_time()
@@ -106,16 +126,43 @@ def claim_due(
     return claims
 
 
+def _instant(next_run_time: datetime | None, job_state: bytes | memoryview) -> datetime | None:
+    """The instant a row's stored next run time stands for, disambiguated by its state.
+
+    The state is unpickled only for an ambiguous local time; any other names
+    one instant, whatever the state says (the row wins, see the job store).
+    """
+    if next_run_time is None or timezone.is_aware(next_run_time):
+        return next_run_time
+    if not util.is_ambiguous(next_run_time):
+        return util.stored_instant(next_run_time)
+    return util.stored_instant(next_run_time, util.state_next_run_time(job_state))
+
+
 def earliest_claimable(using: str, instance: str, exclude: Iterable[str]) -> datetime | None:
-    """The earliest next run time among the jobs ``instance`` could claim (one indexed query)."""
-    return (
+    """The earliest next run time (an instant) among the jobs ``instance`` could claim.
+
+    One indexed query. Only when that time is an ambiguous local time
+    (``USE_TZ = False``, the repeated hour of autumn) are the rows within
+    :data:`util.MAX_OFFSET_CHANGE` of it read with their states, to find the
+    earliest instant among them.
+    """
+    rows = (
         DjangoJob.objects.using(using)
         .filter(_claimable(instance, timezone.now()), next_run_time__isnull=False)
         .exclude(id__in=list(exclude))
         .order_by("next_run_time")
-        .values_list("next_run_time", flat=True)
-        .first()
     )
+    first = rows.values_list("next_run_time", flat=True).first()
+    if first is None or timezone.is_aware(first):
+        return first
+    if not util.is_ambiguous(first):
+        return util.stored_instant(first)
+    near = rows.filter(next_run_time__lte=first + util.MAX_OFFSET_CHANGE)
+    instants = [
+        _instant(nrt, state) for nrt, state in near.values_list("next_run_time", "job_state")
+    ]
+    return min(util.utc(at) for at in instants if at is not None)
 
 
 def release(using: str, instance: str, job_ids: Iterable[str]) -> None:
@@ -436,7 +483,9 @@ class Coordinator:
                 "look for changed jobs",
             )
             planned = self.reported_next
-            sooner = earliest is not None and (planned is None or earliest < planned)
+            sooner = earliest is not None and (
+                planned is None or util.utc(earliest) < util.utc(planned)
+            )
         if sooner:
             logger.debug("A job changed elsewhere is due at %s; waking the scheduler", earliest)
             self._store._wake_scheduler()

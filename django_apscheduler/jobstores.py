@@ -190,6 +190,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # Jobs that could not be restored: id -> monotonic time they were seen broken.
         self._broken: dict[str, float] = {}
         self._broken_reasons: dict[str, str] = {}
+        # Rows seen disagreeing with their pickled state (logged once): id -> what differed.
+        self._disagreements: dict[str, tuple[str, Any]] = {}
         # Jobs handed out by the current get_due_jobs() round, and the thread that
         # asked: the scheduler removes a finished one-shot job from that thread.
         self._round_thread: int | None = None
@@ -334,19 +336,70 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def _get_jobs(self, **filters: Any) -> list[Job]:
         """Restore the jobs matching ``filters``, in next-run-time order, skipping broken rows."""
 
-        def query() -> list[tuple[str, Any]]:
+        def query() -> list[tuple[str, Any, Any]]:
             rows = DjangoJob.objects.using(self._db).filter(**filters)
             rows = rows.order_by(F("next_run_time").asc(nulls_last=True), "id")
-            return list(rows.values_list("id", "job_state"))
+            return list(rows.values_list("id", "job_state", "next_run_time"))
 
         jobs = []
-        for job_id, job_state in self._run(query, "load jobs"):
+        for job_id, job_state, next_run_time in self._run(query, "load jobs"):
             if not job_state:  # the kept record of a finished one-shot job
                 continue
             job = self._restore(job_id, job_state)
             if job is not None:
+                self._follow_row(job, job_id, next_run_time)
                 jobs.append(job)
+        # Stored local times (USE_TZ = False) order the repeated hour of autumn wrongly.
+        jobs.sort(
+            key=lambda job: (
+                job.next_run_time is None,
+                job.next_run_time.timestamp() if job.next_run_time else 0,
+                job.id,
+            )
+        )
         return jobs
+
+    def _follow_row(self, job: Job, job_id: str, stored_next_run_time: datetime | None) -> None:
+        """Make a restored job agree with its row, where the two disagree: the row wins.
+
+        Normally the pickled state and the row's columns say the same. They
+        disagree when someone edited the row with SQL: an operator who sets
+        ``next_run_time`` to force (or postpone, or pause with NULL) a run, or
+        who copied a row under another id. Trusting the pickle then loops:
+        the row stays due while the job is not. So the row's id and next run
+        time are taken, and the state is corrected when the job is written
+        back. Each disagreement is logged once per process.
+        """
+        if job.id != job_id:
+            if self._disagreements.get(job_id) != ("id", job.id):
+                self._disagreements[job_id] = ("id", job.id)
+                logger.warning(
+                    "Job %r: its stored state names it %r (was the row copied?); it is its own "
+                    "job %r from now on",
+                    job_id,
+                    job.id,
+                    job_id,
+                )
+            job.id = job_id
+        stored = util.stored_instant(stored_next_run_time, job.next_run_time)
+        if util.same_instant(stored, job.next_run_time, util.STORED_PRECISION):
+            # The same time, but a column keeping whole seconds may stand a
+            # little earlier: the job is due when its row says, never later.
+            if stored is not None and util.utc(stored) < util.utc(job.next_run_time):
+                job.next_run_time = stored.astimezone(self._scheduler.timezone)
+        else:
+            if self._disagreements.get(job_id) != ("next_run_time", stored):
+                self._disagreements[job_id] = ("next_run_time", stored)
+                logger.warning(
+                    "Job %r: its row's next_run_time (%s) differs from its stored state's (%s); "
+                    "the row's is used",
+                    job_id,
+                    stored,
+                    job.next_run_time,
+                )
+            job.next_run_time = (
+                None if stored is None else stored.astimezone(self._scheduler.timezone)
+            )
 
     # --- the APScheduler job store interface ------------------------------------
 
@@ -355,17 +408,19 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return (
                 DjangoJob.objects.using(self._db)
                 .filter(id=job_id)
-                .values_list("job_state", flat=True)
+                .values_list("job_state", "next_run_time")
                 .first()
             )
 
-        job_state = self._run(query, f"look up job {job_id!r}")
+        job_state, next_run_time = self._run(query, f"look up job {job_id!r}") or (None, None)
         if not job_state:
             return None
         try:
-            return self._reconstitute_job(job_state)
+            job = self._reconstitute_job(job_state)
         except Exception as exc:
             raise UnrestorableJobError(job_id, exc) from exc
+        self._follow_row(job, job_id, next_run_time)
+        return job
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
         if self._stopped:
@@ -375,9 +430,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         self._coordinator.ensure_running()
         self._flush_write_backs()  # left over if a round ended without get_next_run_time
         broken = self._known_broken()
-        due_by = util.get_django_internal_datetime(now)
         limit = self._dispatch_limit()
-        claims = self._coordinator.claim(due_by, broken, limit)  # type: ignore[arg-type]
+        claims = self._coordinator.claim(now, broken, limit)
 
         jobs = []
         for claim in claims:
@@ -386,6 +440,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 # Perhaps another process can restore it (a deploy in progress).
                 self._coordinator.settle(claim.job_id, None)
                 continue
+            self._follow_row(job, claim.job_id, claim.next_run_time)
             executions.instrument(job, self._awaits_coroutines(job.executor))
             jobs.append(job)
         self._round_ids = {job.id for job in jobs}
@@ -418,8 +473,6 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     self._round_thread = None
                     self._round_ids = set()
             if next_run_time is not None:
-                if timezone.is_naive(next_run_time):
-                    next_run_time = timezone.make_aware(next_run_time)
                 next_run_time = next_run_time.astimezone(self._scheduler.timezone)
             coordinator.reported_next = next_run_time
             coordinator.has_reported = True

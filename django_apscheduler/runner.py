@@ -22,7 +22,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.utils import timezone
 
-from django_apscheduler import conf, coordination, declared, executions
+from django_apscheduler import conf, coordination, declared, executions, util
 from django_apscheduler.jobstores import DjangoJobStore, running_instances
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Runner:
         earliest = coordination.earliest_claimable(
             self.store._db, instance, self.store._known_broken()
         )
-        return earliest is not None and earliest <= due_by
+        return earliest is not None and util.utc(earliest) <= util.utc(util.stored_instant(due_by))
 
     def stop(self, timeout: float) -> int:
         """Stop taking fires, wait up to ``timeout`` s for running jobs, shut down.

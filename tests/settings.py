@@ -34,7 +34,8 @@ if os.environ.get("DJANGO_APSCHEDULER_TEST_DB_NAME"):
 
 SECRET_KEY = "tests-only"
 DEBUG = False
-USE_TZ = True
+# DJANGO_APSCHEDULER_TEST_USE_TZ=0 runs the suite with naive local datetimes.
+USE_TZ = os.environ.get("DJANGO_APSCHEDULER_TEST_USE_TZ", "1") != "0"
 TIME_ZONE = "Europe/Berlin"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.urls"

@@ -33,8 +33,9 @@ from typing import Any
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.db import connection
+from django.test.utils import override_settings
 
-from django_apscheduler import conf
+from django_apscheduler import conf, util
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests.helpers import wait_until
@@ -52,6 +53,8 @@ class SchedulerProcesses:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Settings every process gets (the ``use_tz`` fixture sets USE_TZ here).
+        self.settings: dict[str, Any] = {}
         self.events = directory / "events.jsonl"
         self.procs: list[subprocess.Popen] = []
         self.outputs: list[Path] = []
@@ -62,7 +65,7 @@ class SchedulerProcesses:
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
         env["DJANGO_APSCHEDULER_TEST_DB_NAME"] = connection.settings_dict["NAME"]
-        env["DJANGO_APSCHEDULER_TEST_SETTINGS"] = json.dumps(settings or {})
+        env["DJANGO_APSCHEDULER_TEST_SETTINGS"] = json.dumps({**self.settings, **(settings or {})})
         output = self.directory / f"process-{len(self.procs)}.log"
         with open(output, "w") as out:
             proc = subprocess.Popen(
@@ -113,6 +116,19 @@ def processes(tmp_path):
     procs.kill_all()
 
 
+@pytest.fixture(params=[True, False], ids=["use_tz", "no_tz"])
+def use_tz(request, processes):
+    """Run the test with USE_TZ on, then off: in this process and in every scheduler process.
+
+    With USE_TZ = False the database holds naive local times (TIME_ZONE is
+    Europe/Berlin in the test settings), which the store must still compare
+    as instants (issue 9, defect 1: the poll used to raise every time).
+    """
+    processes.settings["USE_TZ"] = request.param
+    with override_settings(USE_TZ=request.param):
+        yield request.param
+
+
 def _interval(job_id: str, start: float, seconds: float = 1, **extra: Any) -> dict[str, Any]:
     return {"id": job_id, "trigger": "interval", "seconds": seconds, "start": start, **extra}
 
@@ -135,7 +151,7 @@ def _runs(path: Path) -> list[tuple[int, float, float]]:
     return runs
 
 
-def test_storm_every_fire_exactly_once(processes):
+def test_storm_every_fire_exactly_once(processes, use_tz):
     """4 processes, 50 jobs every second for about 20 s: no duplicate, no missed fire."""
     start = math.ceil(time.time()) + 6  # after every process has started
     until = start + 20
@@ -167,7 +183,9 @@ def test_storm_every_fire_exactly_once(processes):
 
     # Every fire logged once, finished; nothing alarming in any process's output.
     executions = DjangoJobExecution.objects.values_list("job_id", "run_time", "status")
-    logged = Counter((job_id, run_time.timestamp()) for job_id, run_time, _ in executions)
+    logged = Counter(
+        (job_id, util.stored_instant(run_time).timestamp()) for job_id, run_time, _ in executions
+    )
     assert set(logged) == set(fires) and max(logged.values()) == 1
     assert {status for *_, status in executions} == {DjangoJobExecution.SUCCESS}
     assert not processes.problems(), processes.log()
@@ -254,7 +272,7 @@ def writer():
     scheduler.shutdown()
 
 
-def test_changes_from_another_process_reach_running_schedulers(processes, writer, tmp_path):
+def test_changes_from_another_process_reach_running_schedulers(processes, use_tz, writer, tmp_path):
     """Jobs added or moved by a paused scheduler elsewhere start without a restart.
 
     On PostgreSQL the schedulers poll only once a minute here, so a quick
@@ -263,8 +281,11 @@ def test_changes_from_another_process_reach_running_schedulers(processes, writer
     notify = connection.vendor == "postgresql"
     settings = {"APSCHEDULER_POLL_INTERVAL": 60} if notify else {}
     until = time.time() + 60
+    # A job due later than the test: the schedulers sleep until a planned time,
+    # which the poll must compare with the new jobs' (issue 9, defect 1).
+    later = [{"id": "later", "trigger": "date", "run_date": until + 3600}]
     for _ in range(2):
-        processes.start({"jobs": [], "until": until}, settings)
+        processes.start({"jobs": later, "until": until}, settings)
     wait_until(lambda: DjangoSchedulerInstance.objects.count() == 2, timeout=30)
     time.sleep(0.5)  # let them finish their first round and go to sleep
 
