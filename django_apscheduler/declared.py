@@ -13,10 +13,18 @@ Like ``admin.py``, every installed app's ``jobs`` module (the name is the
 ``APSCHEDULER_JOBS_MODULE`` setting) is imported when a scheduler built by
 this app starts. :func:`sync` then makes the database match the code: declared
 jobs are added, updated when their trigger or options changed, and removed
-once their declaration is gone. Only jobs declared in code are ever removed
-(their rows are marked ``declared_in_code``); jobs added at run time are never
-touched. Many processes syncing at once neither duplicate nor flap the jobs: an
-unchanged declaration leaves its stored row, next run time included, as it is.
+once their declaration is gone from every live release. Only jobs declared in
+code are ever removed (their rows are marked ``declared_in_code``); jobs added
+at run time are never touched. Many processes syncing at once neither
+duplicate nor flap the jobs: an unchanged declaration leaves its stored row,
+next run time included, as it is, and a paused declared job stays paused.
+
+During a rolling deploy two releases run at once, each declaring its own set
+of jobs. Each scheduler instance records the ids its code declares
+(``DjangoSchedulerInstance.declared_ids``, written when it registers, before
+it syncs), and a declared job is removed only when neither the syncing code
+nor any live instance declares it; the runner re-checks periodically, so a
+job dropped by the new release goes once the old release's processes are gone.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from apscheduler.jobstores.base import JobLookupError
 from django.core.exceptions import ImproperlyConfigured
@@ -32,6 +40,7 @@ from django.db import router
 from django.utils.module_loading import autodiscover_modules
 
 from django_apscheduler import conf
+from django_apscheduler.exceptions import DeclaredJobError
 
 logger = logging.getLogger(__name__)
 
@@ -111,34 +120,72 @@ def discover() -> dict[str, Declaration]:
 
 @dataclass
 class SyncReport:
-    """What :func:`sync` did: ids of the jobs declared and of the ones removed."""
+    """What :func:`sync` did: ids of the jobs declared, removed, and kept for other releases."""
 
     declared: list[str]
     removed: list[str]
+    #: Declared jobs this code does not declare, kept because a live scheduler
+    #: instance (another release, during a rolling deploy) still declares them.
+    kept: list[str] = field(default_factory=list)
+
+
+def declared_by_live_instances(using: str) -> dict[str, list[str]]:
+    """Job id -> the live scheduler instances whose code declares it."""
+    from django_apscheduler.models import DjangoSchedulerInstance
+
+    found: dict[str, list[str]] = {}
+    rows = DjangoSchedulerInstance.objects.using(using).alive().values_list("id", "declared_ids")
+    for instance, ids in rows:
+        for job_id in ids or ():
+            found.setdefault(job_id, []).append(instance)
+    return found
 
 
 def sync(scheduler: Any, jobstore: str = "default") -> SyncReport:
     """Make the jobs declared in code the database's declared jobs.
 
     ``scheduler`` must be started (paused or running) with a ``DjangoJobStore``
-    as ``jobstore``. Every declaration is added with ``replace_existing=True``;
-    then declared jobs whose declaration is gone are removed.
+    as ``jobstore``. Every declaration is added with ``replace_existing=True``:
+    an unchanged one keeps its stored next run time (a fire that is due is run
+    or logged "Missed!" by the scheduler, never skipped), a changed one is
+    rewritten, and a job an operator paused stays paused either way. A job
+    added at run time under a declared id becomes the declared job (a warning
+    says so). Then :func:`remove_undeclared` removes the declared jobs that
+    neither this code nor any live scheduler instance declares.
     """
+    from django_apscheduler.jobstores import keep_pauses
     from django_apscheduler.models import DjangoJob  # not at import: the package imports this
 
     declarations = discover()
-    for declaration in declarations.values():
-        scheduler.add_job(
-            declaration.func,
-            declaration.trigger,
-            id=declaration.id,
-            jobstore=jobstore,
-            replace_existing=True,
-            **declaration.trigger_args,
-            **declaration.options,
-        )
     using = router.db_for_write(DjangoJob)
     ids = sorted(declarations)
+    taken_over = [
+        job_id
+        for job_id, state in DjangoJob.objects.using(using)
+        .filter(id__in=ids)
+        .exclude(declared_in_code=True)
+        .values_list("id", "job_state")
+        if state  # not the kept record of a finished one-shot job
+    ]
+    for job_id in taken_over:
+        logger.warning(
+            "Job %r was added at run time and is now declared in code by @scheduled_job on %s: "
+            "the declaration replaces it, and removing the declaration removes the job. Give "
+            "one of them another id if they are different jobs.",
+            job_id,
+            _path(declarations[job_id].func),
+        )
+    with keep_pauses():
+        for declaration in declarations.values():
+            scheduler.add_job(
+                declaration.func,
+                declaration.trigger,
+                id=declaration.id,
+                jobstore=jobstore,
+                replace_existing=True,
+                **declaration.trigger_args,
+                **declaration.options,
+            )
     if ids:
         (
             DjangoJob.objects.using(using)
@@ -146,22 +193,80 @@ def sync(scheduler: Any, jobstore: str = "default") -> SyncReport:
             .exclude(declared_in_code=True)
             .update(declared_in_code=True)
         )
-    stale = list(
-        DjangoJob.objects.using(using)
-        .filter(declared_in_code=True)
-        .exclude(id__in=ids)
-        .values_list("id", flat=True)
+    removed, kept = remove_undeclared(scheduler, ids, jobstore)
+    if declarations or removed or kept:
+        logger.info(
+            "Jobs declared in code: %d in the database, %d removed, %d kept for other releases",
+            len(declarations),
+            len(removed),
+            len(kept),
+        )
+    return SyncReport(declared=ids, removed=removed, kept=kept)
+
+
+def remove_undeclared(
+    scheduler: Any, own_ids: Iterable[str], jobstore: str = "default"
+) -> tuple[list[str], list[str]]:
+    """Remove the declared jobs nobody declares any more; return (removed, kept) ids.
+
+    A declared job missing from ``own_ids`` (this code's declarations) is
+    removed, execution log included, only when no live scheduler instance
+    declares it either: during a rolling deploy the processes of the old
+    release still declare the jobs the new one dropped (and the other way
+    round), and those stay until the last such process is gone. The runner
+    calls this at start and then periodically, so a job kept for an old
+    release does go once that release stops.
+    """
+    from django_apscheduler.models import DjangoJob
+
+    using = router.db_for_write(DjangoJob)
+    own = set(own_ids)
+    stale = sorted(
+        set(
+            DjangoJob.objects.using(using)
+            .filter(declared_in_code=True)
+            .values_list("id", flat=True)
+        )
+        - own
     )
-    removed = []
+    if not stale:
+        return [], []
+    elsewhere = declared_by_live_instances(using)
+    removed, kept = [], []
     for job_id in stale:
+        if job_id in elsewhere:
+            kept.append(job_id)
+            logger.info(
+                "Job %r is not declared in this code, but scheduler instances %s still declare "
+                "it; it is kept until none does",
+                job_id,
+                ", ".join(elsewhere[job_id]),
+            )
+            continue
         try:
             scheduler.remove_job(job_id, jobstore)
         except JobLookupError:  # another process removed it first
             continue
         removed.append(job_id)
         logger.info("Removed job %r: its @scheduled_job declaration is gone", job_id)
-    if declarations or removed:
-        logger.info(
-            "Jobs declared in code: %d in the database, %d removed", len(declarations), len(removed)
+    return removed, kept
+
+
+def check_removable(job_id: str) -> None:
+    """Raise :class:`DeclaredJobError` if removing ``job_id`` by hand would not stick.
+
+    A job declared in this code, or in the code of a live scheduler instance
+    (another release), would be added again at the next start. Jobs added at
+    run time, and declared jobs whose declaration is gone everywhere, pass.
+    """
+    from django_apscheduler.models import DjangoJob
+
+    declaration = discover().get(job_id)
+    if declaration is not None:
+        raise DeclaredJobError(job_id, f"@scheduled_job on {_path(declaration.func)}")
+    using = router.db_for_write(DjangoJob)
+    instances = declared_by_live_instances(using).get(job_id)
+    if instances:
+        raise DeclaredJobError(
+            job_id, f"by the code of the live scheduler instances {', '.join(instances)}"
         )
-    return SyncReport(declared=ids, removed=removed)
