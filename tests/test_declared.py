@@ -491,26 +491,6 @@ def test_a_projects_own_runapscheduler_is_found(settings, capsys):
     assert "handwritten runapscheduler ran (own option: kept)" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    ("argv", "environ", "wanted"),
-    [
-        (["manage.py", "migrate"], {}, False),
-        (["manage.py", "shell"], {}, False),
-        (["/x/django/__main__.py", "test"], {}, False),
-        (["manage.py", "runapscheduler"], {}, False),
-        (["manage.py", "runserver"], {}, False),  # the autoreloader's watcher
-        (["manage.py", "runserver"], {"RUN_MAIN": "true"}, True),  # the serving child
-        (["manage.py", "runserver", "--noreload"], {}, True),
-        (["/venv/bin/gunicorn", "project.wsgi"], {}, True),
-        (["/venv/bin/pytest"], {}, False),
-        (["/venv/bin/gunicorn"], {"PYTEST_CURRENT_TEST": "x"}, False),
-        ([], {}, True),  # an embedded interpreter
-    ],
-)
-def test_autostart_only_where_requests_are_served(argv, environ, wanted):
-    assert runner.autostart_wanted(argv, environ) is wanted
-
-
 # --- #9.13: autostart before migrate --------------------------------------------------
 
 
