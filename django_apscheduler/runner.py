@@ -56,6 +56,20 @@ def prune_executions() -> int:
     return deleted
 
 
+def _closing_connections(func: Callable[..., Any], *args: Any) -> Any:
+    """Run a housekeeping job, then close the database connections of its pool thread.
+
+    The executor's threads live on between runs; a connection left open there
+    would idle until the next run (or be found broken by it).
+    """
+    from django.db import connections
+
+    try:
+        return func(*args)
+    finally:
+        connections.close_all()
+
+
 class Runner:
     """One scheduler built from settings, with its ``DjangoJobStore``.
 
@@ -93,18 +107,19 @@ class Runner:
             self.store._coordinator.ensure_running()
         report = declared.sync(self.scheduler)
         self.scheduler.add_job(
-            declared.remove_undeclared,
+            _closing_connections,
             "interval",
             seconds=recheck_interval(),
-            args=[self.scheduler, own_ids],
+            args=[declared.remove_undeclared, self.scheduler, own_ids],
             id="django_apscheduler.remove_undeclared",
             jobstore=INTERNAL_STORE,
             replace_existing=True,
         )
         if conf.get("APSCHEDULER_EXECUTION_RETENTION") is not None:
             self.scheduler.add_job(
-                prune_executions,
+                _closing_connections,
                 "interval",
+                args=[prune_executions],
                 seconds=PRUNE_INTERVAL,
                 next_run_time=timezone.now(),
                 id="django_apscheduler.prune_executions",

@@ -480,6 +480,7 @@ def test_the_retention_adds_the_prune_job_to_a_started_runner(runners, settings)
     started = start_runner(runners, paused=True)
     job = started.scheduler.get_job("django_apscheduler.prune_executions", runner.INTERNAL_STORE)
     assert job is not None and job.trigger.interval == timedelta(seconds=runner.PRUNE_INTERVAL)
+    assert job.args == (runner.prune_executions,)
 
 
 def test_a_projects_own_runapscheduler_is_found(settings, capsys):
