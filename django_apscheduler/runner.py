@@ -198,6 +198,7 @@ def run_until_stopped(
         write(
             f"Scheduler instance started ({len(report.declared)} jobs declared in code"
             + (f", {len(report.removed)} removed" if report.removed else "")
+            + (f", {len(report.kept)} kept for other releases" if report.kept else "")
             + ")."
             + ("" if burst else " Stop it with Ctrl-C or SIGTERM.")
         )

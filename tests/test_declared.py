@@ -255,6 +255,7 @@ def test_the_runner_records_its_declarations_and_removes_undeclared_jobs_later(
     add_instance("old-release", ["gone-in-new-release"])
 
     started = start_runner(runners)
+    assert started.scheduler.get_job("django_apscheduler.remove_undeclared", runner.INTERNAL_STORE)
 
     instance = DjangoSchedulerInstance.objects.get(id=started.store._coordinator.instance_id)
     assert instance.declared_ids == ["mine"]
@@ -413,16 +414,21 @@ def test_runapscheduler_burst_in_process_prints_and_runs(registry):
 
 
 def test_run_until_stopped_for_some_seconds_and_after_a_removal(registry):
-    """--seconds stops after that long; the start-up line counts the removed declarations."""
+    """--seconds stops after that long; the start-up line counts removed and kept declarations."""
     declare(jobs.noop, "interval", id="dropped", hours=1)
+    declare(jobs.noop, "interval", id="other-release", hours=1)
     sync()
     registry.clear()
+    add_instance("old-release", ["other-release"])
     printed: list[str] = []
     assert runner.run_until_stopped(seconds=0.2, write=printed.append) == 0
-    assert printed[0].startswith("Scheduler instance started (0 jobs declared in code, 1 removed).")
+    assert printed[0].startswith(
+        "Scheduler instance started (0 jobs declared in code, 1 removed, "
+        "1 kept for other releases)."
+    )
     assert "Stop it with Ctrl-C or SIGTERM." in printed[0]
     assert printed[-1] == "Scheduler stopped."
-    assert not DjangoJob.objects.exists()
+    assert list(DjangoJob.objects.values_list("id", flat=True)) == ["other-release"]
 
 
 def test_sigterm_stops_the_runner_gracefully(registry):
