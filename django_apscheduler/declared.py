@@ -153,7 +153,7 @@ def sync(scheduler: Any, jobstore: str = "default") -> SyncReport:
     says so). Then :func:`remove_undeclared` removes the declared jobs that
     neither this code nor any live scheduler instance declares.
     """
-    from django_apscheduler.jobstores import keep_pauses
+    from django_apscheduler.jobstores import declared_sync
     from django_apscheduler.models import DjangoJob  # not at import: the package imports this
 
     declarations = discover()
@@ -175,7 +175,7 @@ def sync(scheduler: Any, jobstore: str = "default") -> SyncReport:
             job_id,
             _path(declarations[job_id].func),
         )
-    with keep_pauses():
+    with declared_sync():
         for declaration in declarations.values():
             scheduler.add_job(
                 declaration.func,

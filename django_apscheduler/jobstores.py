@@ -42,24 +42,30 @@ NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
 #: What re-adding a job with ``replace_existing`` does (see ``DjangoJobStore._keeps_schedule``).
 _KEEP, _KEEP_PAUSED, _REPLACE = "keep", "keep paused", "replace"
 
-#: Set by :func:`keep_pauses` for the thread that syncs declared jobs.
-_pauses = threading.local()
+#: Set by :func:`declared_sync` for the thread that syncs declared jobs.
+_declared_sync = threading.local()
 
 
 @contextmanager
-def keep_pauses() -> Iterator[None]:
-    """Within this block, re-adding a paused job (``replace_existing``) keeps it paused.
+def declared_sync() -> Iterator[None]:
+    """Within this block, re-adding a job keeps what the operator and the scheduler did to it.
 
     The sync of the jobs declared in code re-adds every declaration at every
-    start; an operator's pause of one of them must survive that, even when
-    the declaration changed. Applies to this thread's re-adds only.
+    start. A paused job stays paused (also when its declaration changed), and
+    a one-shot job that has finished stays finished unless its new definition
+    fires in the future: otherwise every restart within its grace time would
+    run it again. Applies to this thread's re-adds only.
     """
-    previous = getattr(_pauses, "kept", False)
-    _pauses.kept = True
+    previous = getattr(_declared_sync, "on", False)
+    _declared_sync.on = True
     try:
         yield
     finally:
-        _pauses.kept = previous
+        _declared_sync.on = previous
+
+
+def _in_declared_sync() -> bool:
+    return getattr(_declared_sync, "on", False)
 
 
 @dataclass
@@ -414,6 +420,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     row = backend.lock_for_write(rows, using).first()
                     if row is None:
                         raise
+                    if not row.job_state and _in_declared_sync() and not _fires_ahead(job):
+                        # A declared one-shot job that has run: it stays finished.
+                        return row
                     if not row.job_state or (attempts > 1 and bytes(row.job_state) == state):
                         # A finished one-shot job's record, or our own insert whose
                         # commit was confirmed only by this retry: take it over.
@@ -478,7 +487,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         ``misfire_grace_time`` or logs "Missed!" (replacing it would drop the
         fire without a trace: a ``--burst`` run would never run the job).
 
-        Inside :func:`keep_pauses` (the sync of the jobs declared in code), a
+        Inside :func:`declared_sync` (the sync of the jobs declared in code), a
         stored job that is paused stays paused: with the same definition the
         row is left alone, with another one the new definition is written
         without a next run time (:data:`_KEEP_PAUSED`). Anything else is
@@ -495,7 +504,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return _REPLACE
         same = _same_definition(bytes(row["job_state"]), job, self.pickle_protocol)
         if row["next_run_time"] is None:  # paused
-            if not getattr(_pauses, "kept", False):
+            if not _in_declared_sync():
                 return _REPLACE
             return _KEEP if same else _KEEP_PAUSED
         return _KEEP if same else _REPLACE
@@ -739,6 +748,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             finally:
                 dispatch.dec_thread_sharing()
         own.close()
+
+
+def _fires_ahead(job: Job) -> bool:
+    """True if ``job`` is scheduled to fire after now (not paused, not due already)."""
+    return job.next_run_time is not None and job.next_run_time > timezone.now()
 
 
 def running_instances(executor: Any) -> dict[str, int]:

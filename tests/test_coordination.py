@@ -27,7 +27,7 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from django_apscheduler import coordination
-from django_apscheduler.jobstores import DjangoJobStore, keep_pauses
+from django_apscheduler.jobstores import DjangoJobStore, declared_sync
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests import jobs
 
@@ -393,10 +393,10 @@ def test_replace_keeps_a_past_time_with_or_without_live_instances(a, b):
     assert row().next_run_time == past
 
 
-def test_replace_keeps_a_pause_inside_keep_pauses(a, b):
+def test_replace_keeps_a_pause_inside_declared_sync(a, b):
     """The declared-job sync keeps an operator's pause, also when the definition changed (#9.5)."""
     a.add_job(make_job(a, next_run_time=None, seconds=60))
-    with keep_pauses():
+    with declared_sync():
         replace(b, make_job(b, next_run_time=at(50), seconds=60))  # same definition
         assert row().next_run_time is None
         job = make_job(b, next_run_time=at(50), seconds=30)

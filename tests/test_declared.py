@@ -164,6 +164,26 @@ def test_a_start_keeps_a_due_time_of_a_job_added_at_run_time(registry, runners):
     assert runs("re-added") == [(DjangoJobExecution.SUCCESS, due)]
 
 
+def test_a_declared_one_shot_job_that_has_run_is_not_run_again_at_the_next_start(registry):
+    """A restart within the grace time of a declared date job used to run it a second time."""
+    run_date = timezone.now().replace(microsecond=0) - timedelta(seconds=3)
+    declare(jobs.record, "date", id="once", run_date=run_date, args=["once"])
+    burst()
+    assert [tag for tag, _ in jobs.calls] == ["once"]
+    assert DjangoJob.objects.get(id="once").is_finished
+
+    burst()  # the next start, still within the job's 30 s grace time
+
+    assert [tag for tag, _ in jobs.calls] == ["once"]
+    assert runs("once") == [(DjangoJobExecution.SUCCESS, run_date)]
+    assert DjangoJob.objects.get(id="once").is_finished
+
+    later = timezone.now().replace(microsecond=0) + timedelta(hours=1)
+    declare(jobs.record, "date", id="once", run_date=later, args=["once"])
+    sync()  # a new run date ahead: the job is scheduled again
+    assert stored_time("once") == later
+
+
 # --- #9.17b: run_job_now with no scheduler alive -------------------------------------------
 
 
