@@ -181,9 +181,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # Set by add_job() when the id exists: APScheduler's replace_existing
         # then calls update_job() with the same job, from the same thread.
         self._replacing = threading.local()
-        #: The ids of the jobs this process declares in code, recorded with its
-        #: scheduler instance (see ``declared``); None: it declares none.
-        self.declared_ids: list[str] | None = None
+        #: The jobs this process declares in code (id -> fingerprint), recorded
+        #: with its scheduler instance (see ``declared``); None: it declares none.
+        self.declared_ids: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__}(pickle_protocol={self.pickle_protocol})>"

@@ -232,14 +232,17 @@ class DjangoSchedulerInstance(models.Model):
     pid = models.IntegerField()
     started = models.DateTimeField()
     last_heartbeat = models.DateTimeField(db_index=True)
-    # The ids of the jobs this instance's code declares (@scheduled_job), so that
-    # another release's sync never removes them while this instance lives.
-    # NULL: an instance that declares nothing (or code that predates the column).
+    # The jobs this instance's code declares (@scheduled_job), as {id: fingerprint},
+    # so that another release's sync neither removes nor rewrites them while this
+    # instance lives. NULL: an instance that declares nothing.
     declared_ids = models.JSONField(
         null=True,
         blank=True,
         editable=False,
-        help_text=_("Ids of the jobs this instance's code declares with @scheduled_job."),
+        help_text=_(
+            "The jobs this instance's code declares with @scheduled_job: "
+            "id -> fingerprint of the definition."
+        ),
     )
 
     objects = DjangoSchedulerInstanceQuerySet.as_manager()

@@ -88,6 +88,8 @@ class Runner:
             job_defaults=conf.job_defaults(),
         )
         self.store = DjangoJobStore()
+        self.declarations: dict[str, declared.Declaration] = {}
+        self._contested: set[str] = set()
         self.scheduler.add_jobstore(self.store, "default")
         self.scheduler.add_jobstore(MemoryJobStore(), INTERNAL_STORE)
 
@@ -101,17 +103,18 @@ class Runner:
         included) is run within its grace time, or logged "Missed!".
         """
         self.scheduler.start(paused=True)
-        own_ids = sorted(declared.discover())
-        self.store.declared_ids = own_ids
+        self.declarations = declared.discover()
+        self.store.declared_ids = declared.fingerprints(self.declarations)
         if not paused:
             self.store._coordinator.ensure_running()
-        report = declared.sync(self.scheduler)
+        report = declared.sync(self.scheduler, declarations=self.declarations)
+        self._contested = set(report.contested)
         self.scheduler.add_job(
             _closing_connections,
             "interval",
             seconds=recheck_interval(),
-            args=[declared.remove_undeclared, self.scheduler, own_ids],
-            id="django_apscheduler.remove_undeclared",
+            args=[self.recheck_declared],
+            id="django_apscheduler.recheck_declared",
             jobstore=INTERNAL_STORE,
             replace_existing=True,
         )
@@ -128,6 +131,18 @@ class Runner:
             )
         if not paused:
             self.scheduler.resume()
+        return report
+
+    def recheck_declared(self) -> declared.SyncReport:
+        """Apply what other releases held back: removals, and declarations they declare otherwise.
+
+        Runs every :func:`recheck_interval` seconds. A declared job that no
+        live instance declares any more is removed; a declaration left as
+        stored because a live instance of another release declared it
+        differently is written once that instance is gone.
+        """
+        report = declared.sync(self.scheduler, declarations=self.declarations, only=self._contested)
+        self._contested = set(report.contested)
         return report
 
     def running_jobs(self) -> int:

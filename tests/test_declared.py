@@ -107,7 +107,20 @@ def runs(job_id):
 
 
 def add_instance(instance_id, declared_ids, *, heartbeat_age=timedelta(0)):
-    """Another scheduler instance (another release's process) as its row shows it."""
+    """Another scheduler instance (another release's process) as its row shows it.
+
+    ``declared_ids``: a dict {id: fingerprint} as is, or a list of ids declared like
+    the current registry declares them (another definition for ids it does not have).
+    """
+    if isinstance(declared_ids, list):
+        declared_ids = {
+            job_id: (
+                declared._registry[job_id].fingerprint
+                if job_id in declared._registry
+                else "another-definition"
+            )
+            for job_id in declared_ids
+        }
     now = timezone.now()
     DjangoSchedulerInstance.objects.create(
         id=instance_id,
@@ -275,14 +288,64 @@ def test_the_runner_records_its_declarations_and_removes_undeclared_jobs_later(
     add_instance("old-release", ["gone-in-new-release"])
 
     started = start_runner(runners)
-    assert started.scheduler.get_job("django_apscheduler.remove_undeclared", runner.INTERNAL_STORE)
+    assert started.scheduler.get_job("django_apscheduler.recheck_declared", runner.INTERNAL_STORE)
 
     instance = DjangoSchedulerInstance.objects.get(id=started.store._coordinator.instance_id)
-    assert instance.declared_ids == ["mine"]
+    assert instance.declared_ids == {"mine": registry["mine"].fingerprint}
     assert DjangoJob.objects.filter(id="gone-in-new-release").exists()  # old release alive
     DjangoSchedulerInstance.objects.filter(id="old-release").delete()  # it stopped
     wait_until(lambda: not DjangoJob.objects.filter(id="gone-in-new-release").exists())
     assert set(DjangoJob.objects.values_list("id", flat=True)) == {"mine"}
+
+
+def test_a_declaration_another_live_release_declares_differently_waits_for_it(
+    registry, runners, monkeypatch
+):
+    """Two releases at once do not rewrite a job in turn at each start; the new one wins later.
+
+    v1 declares "shared" every 10 minutes, v2 every 20. While a v1 process lives, a v2
+    start leaves v1's stored definition (and its schedule) alone; once v1 is gone, the
+    v2 runner's periodic re-check writes its own.
+    """
+    monkeypatch.setattr(runner, "recheck_interval", lambda: 0.3)
+    declare(jobs.noop, "interval", id="shared", minutes=10)
+    v1_fingerprint = registry["shared"].fingerprint
+    sync()  # v1
+    first = stored_time("shared")
+    add_instance("v1-worker", {"shared": v1_fingerprint})
+    declare(jobs.noop, "interval", id="shared", minutes=20)  # v2
+    assert registry["shared"].fingerprint != v1_fingerprint
+
+    report = sync()
+    assert report.contested == ["shared"]
+    assert client.get_job("shared").trigger.interval == timedelta(minutes=10)
+    assert stored_time("shared") == first
+
+    started = start_runner(runners)  # a v2 process that keeps running
+    assert started._contested == {"shared"}
+    assert client.get_job("shared").trigger.interval == timedelta(minutes=10)
+    DjangoSchedulerInstance.objects.filter(id="v1-worker").delete()  # v1 is gone
+    wait_until(lambda: client.get_job("shared").trigger.interval == timedelta(minutes=20))
+    wait_until(lambda: started._contested == set())
+
+
+def test_fingerprints_are_equal_for_equal_definitions_only(registry):
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    def fingerprint(*args, **kwargs):
+        return declared.Declaration("x", jobs.noop, *args, **kwargs).fingerprint
+
+    assert fingerprint("interval", {"minutes": 5}) == fingerprint("interval", {"minutes": 5})
+    assert fingerprint("interval", {"minutes": 5}) != fingerprint("interval", {"minutes": 6})
+    assert fingerprint("cron", {"hour": 3}) != fingerprint("cron", {"hour": 3}, {"args": [1]})
+    # An interval trigger instance's start is "now + interval", different in every process.
+    a, b = IntervalTrigger(minutes=5), IntervalTrigger(minutes=5)
+    a.start_date = a.start_date - timedelta(seconds=1)
+    assert fingerprint(a) == fingerprint(b) != fingerprint(IntervalTrigger(minutes=6))
+    assert fingerprint(CronTrigger(hour=3)) == fingerprint(CronTrigger(hour=3))
+    assert fingerprint(CronTrigger(hour=3)) != fingerprint(CronTrigger(hour=4))
+    assert declared.Declaration("x", jobs.record, "cron").fingerprint != fingerprint("cron")
 
 
 # --- #9.17a: removing a declared job by hand ---------------------------------------------

@@ -326,11 +326,12 @@ FAST_LEASES = {"APSCHEDULER_LEASE_TIME": 2, "APSCHEDULER_HEARTBEAT_INTERVAL": 0.
 
 @pytest.mark.slow
 def test_rolling_deploy_keeps_the_other_releases_jobs_and_the_operators_pause(tmp_path):
-    """Two releases at once: neither removes the other's declared jobs; a pause survives (#9.5).
+    """Two releases at once: neither removes nor rewrites the other's jobs; a pause survives (#9.5).
 
     v1 declares declared_a (every 10 min) and declared-b; v2 declares declared_a every
     20 min and no declared-b. v2 used to remove declared-b (with its history) while v1
-    still ran, and to unpause declared_a. declared-b goes once v1 has stopped.
+    still ran, and to unpause declared_a. Once v1 has stopped, declared-b goes and
+    v2's definition of declared_a is written, still paused.
     """
     a = "tests.declaring.jobs.declared_a"
     v1_log, v2_log = tmp_path / "v1.log", tmp_path / "v2.log"
@@ -348,13 +349,15 @@ def test_rolling_deploy_keeps_the_other_releases_jobs_and_the_operators_pause(tm
         assert DjangoJob.objects.filter(id="declared-b").exists(), _output(v2_log)
         assert DjangoJobExecution.objects.filter(job_id="declared-b").exists()
         job = client.get_job(a)
-        assert job.trigger.interval.total_seconds() == 20 * 60  # v2's definition is stored
-        assert job.next_run_time is None  # and the pause stands
+        assert job.trigger.interval.total_seconds() == 10 * 60  # v1 declares it so, and lives
+        assert job.next_run_time is None  # the pause stands
 
         v1.send_signal(signal.SIGTERM)
         assert v1.wait(timeout=60) == 0, _output(v1_log)
-        # v2 re-checks every three lease times: declared-b goes now that v1 is gone.
+        # v2 re-checks every three lease times: now that v1 is gone, declared-b goes
+        # and v2's definition of declared_a is written.
         wait_until(lambda: not DjangoJob.objects.filter(id="declared-b").exists(), timeout=60)
+        wait_until(lambda: client.get_job(a).trigger.interval.total_seconds() == 20 * 60)
         assert client.get_job(a).next_run_time is None
     finally:
         for proc in (v1, v2):

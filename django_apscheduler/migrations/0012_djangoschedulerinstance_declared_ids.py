@@ -1,5 +1,6 @@
-# Each scheduler instance records the ids it declares in code, so that during a rolling
-# deploy one release's sync does not remove the jobs another live release declares.
+# Each scheduler instance records the jobs it declares in code (id -> fingerprint), so
+# that during a rolling deploy one release's sync neither removes nor rewrites the jobs
+# another live release declares.
 
 from django.db import migrations, models
 
@@ -16,7 +17,10 @@ class Migration(migrations.Migration):
             field=models.JSONField(
                 blank=True,
                 editable=False,
-                help_text="Ids of the jobs this instance's code declares with @scheduled_job.",
+                help_text=(
+                    "The jobs this instance's code declares with @scheduled_job: "
+                    "id -> fingerprint of the definition."
+                ),
                 null=True,
             ),
         ),
