@@ -26,6 +26,7 @@ the app's job defaults (``APSCHEDULER_JOB_DEFAULTS``).
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,10 +35,14 @@ from typing import Any, Callable, Iterator
 from apscheduler.job import Job
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
+from django.db import router
 from django.utils import timezone
 
-from django_apscheduler import conf, runner
+from django_apscheduler import conf, declared, runner
 from django_apscheduler.jobstores import DjangoJobStore, validate_job_id
+from django_apscheduler.models import DjangoJob, DjangoSchedulerInstance
+
+logger = logging.getLogger(__name__)
 
 
 class JobNotFound(JobLookupError):
@@ -164,7 +169,14 @@ def resume_job(job_id: str) -> Job | None:
 
 
 def remove_job(job_id: str) -> None:
-    """Delete a stored job and its execution log; also one that cannot be restored."""
+    """Delete a stored job and its execution log; also one that cannot be restored.
+
+    A job declared in code (``@scheduled_job``) is refused with
+    ``DeclaredJobError`` while this code or a live scheduler instance declares
+    it: the next start would add it again. Pause it instead, or delete the
+    declaration (the job is then removed by itself).
+    """
+    declared.check_removable(job_id)
     with _not_found_as(job_id):
         scheduler().remove_job(job_id)
 
@@ -176,6 +188,11 @@ def run_job_now(job_id: str) -> Job:
     from its trigger. A paused job stays paused: it is refused with a
     ``ValueError``; resume it first, or run it in this process with
     ``django_apscheduler.run_now.run_jobs_now``.
+
+    The request is stored, not run here: with no scheduler instance alive, a
+    warning says so, and the next scheduler to start runs the job if it
+    starts within the job's ``misfire_grace_time`` of now (and logs the run
+    "Missed!" otherwise).
     """
     job = _existing(job_id)
     if job.next_run_time is None:
@@ -184,4 +201,18 @@ def run_job_now(job_id: str) -> Job:
             "django_apscheduler.run_now.run_jobs_now)."
         )
     now: datetime = timezone.now()
-    return scheduler().modify_job(job_id, next_run_time=now)
+    modified = scheduler().modify_job(job_id, next_run_time=now)
+    if not DjangoSchedulerInstance.objects.using(router.db_for_write(DjangoJob)).alive().exists():
+        grace = modified.misfire_grace_time
+        logger.warning(
+            "Job %r is to run now, but no scheduler instance is alive to run it: it runs when "
+            "a scheduler starts, %s. Start one (`manage.py runapscheduler`), or run the job in "
+            "this process with `manage.py apscheduler run %s`.",
+            job_id,
+            "at any time"
+            if grace is None
+            else f"if that is within its misfire_grace_time of {grace} s (else it is logged "
+            "Missed!)",
+            job_id,
+        )
+    return modified

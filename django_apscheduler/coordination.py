@@ -368,6 +368,7 @@ class Coordinator:
                     "pid": os.getpid(),
                     "started": now,
                     "last_heartbeat": now,
+                    "declared_ids": self._store.declared_ids,
                 },
             )
 

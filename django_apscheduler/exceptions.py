@@ -65,3 +65,20 @@ class UnpicklableJobError(DjangoApschedulerError, ValueError):
             f"Job {job_id!r} cannot be stored: {part} cannot be pickled "
             f"({type(reason).__name__}: {reason}). {hint or self.HINT}"
         )
+
+
+class DeclaredJobError(DjangoApschedulerError, ValueError):
+    """A job declared in code (``@scheduled_job``) cannot be removed by hand.
+
+    Its declaration would add it again at the next start of a scheduler. Pause
+    it instead, or delete the declaration: the job is then removed by itself.
+    """
+
+    def __init__(self, job_id: str, declared_by: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"Job {job_id!r} is declared in code ({declared_by}); removed, it would be added "
+            f"again at the next start of a scheduler. Pause it instead (client.pause_job or "
+            f"`manage.py apscheduler pause {job_id}`), or delete its @scheduled_job "
+            "declaration: the job is then removed by itself."
+        )

@@ -12,9 +12,10 @@ import pickle
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
@@ -32,7 +33,7 @@ from django_apscheduler.exceptions import (
     UnpicklableJobError,
     UnrestorableJobError,
 )
-from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,34 @@ BROKEN_RETRY_INTERVAL = 60.0
 
 #: ``version`` plus one; a row written by code that predates the column has NULL.
 NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
+
+#: What re-adding a job with ``replace_existing`` does (see ``DjangoJobStore._keeps_schedule``).
+_KEEP, _KEEP_PAUSED, _REPLACE = "keep", "keep paused", "replace"
+
+#: Set by :func:`declared_sync` for the thread that syncs declared jobs.
+_declared_sync = threading.local()
+
+
+@contextmanager
+def declared_sync() -> Iterator[None]:
+    """Within this block, re-adding a job keeps what the operator and the scheduler did to it.
+
+    The sync of the jobs declared in code re-adds every declaration at every
+    start. A paused job stays paused (also when its declaration changed), and
+    a one-shot job that has finished stays finished unless its new definition
+    fires in the future: otherwise every restart within its grace time would
+    run it again. Applies to this thread's re-adds only.
+    """
+    previous = getattr(_declared_sync, "on", False)
+    _declared_sync.on = True
+    try:
+        yield
+    finally:
+        _declared_sync.on = previous
+
+
+def _in_declared_sync() -> bool:
+    return getattr(_declared_sync, "on", False)
 
 
 @dataclass
@@ -205,6 +234,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # Set by add_job() when the id exists: APScheduler's replace_existing
         # then calls update_job() with the same job, from the same thread.
         self._replacing = threading.local()
+        #: The jobs this process declares in code (id -> fingerprint), recorded
+        #: with its scheduler instance (see ``declared``); None: it declares none.
+        self.declared_ids: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__}(pickle_protocol={self.pickle_protocol})>"
@@ -507,6 +539,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     row = backend.lock_for_write(rows, using).first()
                     if row is None:
                         raise
+                    if not row.job_state and _in_declared_sync() and not _fires_ahead(job):
+                        # A declared one-shot job that has run: it stays finished.
+                        return row
                     if not row.job_state or (attempts > 1 and bytes(row.job_state) == state):
                         # A finished one-shot job's record, or our own insert whose
                         # commit was confirmed only by this retry: take it over.
@@ -536,9 +571,15 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         backend = backends.for_alias(using)
 
         def update() -> int:
+            nonlocal state, next_run_time
             with backend.write_transaction(using):
-                if replacing and self._keeps_schedule(job, using):
-                    return 1
+                if replacing:
+                    decision = self._keeps_schedule(job, using)
+                    if decision == _KEEP:
+                        return 1
+                    if decision == _KEEP_PAUSED:
+                        job.next_run_time = None  # what the caller's job object reports
+                        state, next_run_time = self._state(job), None
                 written = (
                     DjangoJob.objects.using(using)
                     .filter(id=job.id)
@@ -552,37 +593,40 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             raise JobLookupError(job.id)
         self._forget_broken(job.id)
 
-    def _keeps_schedule(self, job: Job, using: str) -> bool:
-        """True if re-adding ``job`` (``replace_existing``) must leave its stored row alone.
+    def _keeps_schedule(self, job: Job, using: str) -> str:
+        """What re-adding ``job`` (``replace_existing``) does to its stored row.
 
         Every process of a deployment typically re-adds the same jobs at
         start-up, each with a next run time of its own making. When the stored
-        job has the same definition and is scheduled, its next run time is
-        kept: it may already stand past a fire another scheduler dispatched, and
-        writing an earlier one would repeat that fire. It is replaced only when
-        no scheduler would run the stored time (it is past, unclaimed, and no
-        scheduler instance is alive: the stored time is from before a downtime).
+        job has the same definition and is scheduled, its row is left alone
+        (:data:`_KEEP`), next run time included, whether that time is ahead or
+        already past: a time ahead may stand past a fire another scheduler
+        dispatched (writing an earlier one would repeat that fire), and a time
+        past is a fire that is due, which the scheduler now runs within its
+        ``misfire_grace_time`` or logs "Missed!" (replacing it would drop the
+        fire without a trace: a ``--burst`` run would never run the job).
+
+        Inside :func:`declared_sync` (the sync of the jobs declared in code), a
+        stored job that is paused stays paused: with the same definition the
+        row is left alone, with another one the new definition is written
+        without a next run time (:data:`_KEEP_PAUSED`). Anything else is
+        replaced (:data:`_REPLACE`), as APScheduler's ``replace_existing`` does.
         """
         rows = DjangoJob.objects.using(using).filter(id=job.id)
         row = (
             backends.for_alias(using)
             .lock_for_write(rows, using)
-            .values("job_state", "next_run_time", "acquired_by", "acquired_until")
+            .values("job_state", "next_run_time")
             .first()
         )
-        if row is None or not row["job_state"] or row["next_run_time"] is None:
-            return False
-        if not _same_definition(bytes(row["job_state"]), job, self.pickle_protocol):
-            return False
-        now = timezone.now()
-        if row["next_run_time"] > now:
-            return True
-        if row["acquired_by"] and row["acquired_until"] and row["acquired_until"] >= now:
-            return True
-        cutoff = now - coordination.lease_time()
-        return (
-            DjangoSchedulerInstance.objects.using(using).filter(last_heartbeat__gte=cutoff).exists()
-        )
+        if row is None or not row["job_state"]:
+            return _REPLACE
+        same = _same_definition(bytes(row["job_state"]), job, self.pickle_protocol)
+        if row["next_run_time"] is None:  # paused
+            if not _in_declared_sync():
+                return _REPLACE
+            return _KEEP if same else _KEEP_PAUSED
+        return _KEEP if same else _REPLACE
 
     def _write_back(self, job: Job, finished: bool) -> None:
         """Queue what the dispatch of ``job`` changed; the round's writes go out together.
@@ -823,6 +867,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             finally:
                 dispatch.dec_thread_sharing()
         own.close()
+
+
+def _fires_ahead(job: Job) -> bool:
+    """True if ``job`` is scheduled to fire after now (not paused, not due already)."""
+    return job.next_run_time is not None and job.next_run_time > timezone.now()
 
 
 def running_instances(executor: Any) -> dict[str, int]:

@@ -207,6 +207,17 @@ class DjangoJobExecution(models.Model):
         return cls.objects.using(router.db_for_write(cls)).get(pk=execution_id)
 
 
+class DjangoSchedulerInstanceQuerySet(models.QuerySet):
+    """Queries on scheduler instances."""
+
+    def alive(self) -> models.QuerySet:
+        """The instances whose last heartbeat is within ``APSCHEDULER_LEASE_TIME``."""
+        from django_apscheduler import conf
+
+        lease = timedelta(seconds=float(conf.get("APSCHEDULER_LEASE_TIME")))
+        return self.filter(last_heartbeat__gte=timezone.now() - lease)
+
+
 class DjangoSchedulerInstance(models.Model):
     """A scheduler process that dispatches jobs from this database, alive while it heartbeats.
 
@@ -221,6 +232,20 @@ class DjangoSchedulerInstance(models.Model):
     pid = models.IntegerField()
     started = models.DateTimeField()
     last_heartbeat = models.DateTimeField(db_index=True)
+    # The jobs this instance's code declares (@scheduled_job), as {id: fingerprint},
+    # so that another release's sync neither removes nor rewrites them while this
+    # instance lives. NULL: an instance that declares nothing.
+    declared_ids = models.JSONField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_(
+            "The jobs this instance's code declares with @scheduled_job: "
+            "id -> fingerprint of the definition."
+        ),
+    )
+
+    objects = DjangoSchedulerInstanceQuerySet.as_manager()
 
     class Meta:
         ordering = ("started",)

@@ -34,6 +34,15 @@ INTERNAL_STORE = "django_apscheduler_internal"
 PRUNE_INTERVAL = 3600
 
 
+def recheck_interval() -> float:
+    """Seconds between two looks for declared jobs that no live release declares any more.
+
+    Three lease times: an instance of the old release that died is taken for
+    dead after one, so its jobs go within a few lease times of its end.
+    """
+    return 3 * float(conf.get("APSCHEDULER_LEASE_TIME"))
+
+
 def prune_executions() -> int:
     """Delete logged runs older than ``APSCHEDULER_EXECUTION_RETENTION``; return how many."""
     from django_apscheduler.models import DjangoJobExecution
@@ -45,6 +54,20 @@ def prune_executions() -> int:
     if deleted:
         logger.info("Deleted %d logged runs older than %s s", deleted, retention)
     return deleted
+
+
+def _closing_connections(func: Callable[..., Any], *args: Any) -> Any:
+    """Run a housekeeping job, then close the database connections of its pool thread.
+
+    The executor's threads live on between runs; a connection left open there
+    would idle until the next run (or be found broken by it).
+    """
+    from django.db import connections
+
+    try:
+        return func(*args)
+    finally:
+        connections.close_all()
 
 
 class Runner:
@@ -65,17 +88,41 @@ class Runner:
             job_defaults=conf.job_defaults(),
         )
         self.store = DjangoJobStore()
+        self.declarations: dict[str, declared.Declaration] = {}
+        self._contested: set[str] = set()
         self.scheduler.add_jobstore(self.store, "default")
         self.scheduler.add_jobstore(MemoryJobStore(), INTERNAL_STORE)
 
     def start(self, *, paused: bool = False) -> declared.SyncReport:
-        """Start the scheduler, syncing the jobs declared in code before any dispatch."""
+        """Start the scheduler, syncing the jobs declared in code before any dispatch.
+
+        Unless ``paused``, the scheduler instance registers first, with the
+        ids its code declares, so that a sync by another release running at
+        the same time (a rolling deploy) keeps them; then the sync runs, and
+        then dispatching starts. What is due (stored times in the past
+        included) is run within its grace time, or logged "Missed!".
+        """
         self.scheduler.start(paused=True)
-        report = declared.sync(self.scheduler)
+        self.declarations = declared.discover()
+        self.store.declared_ids = declared.fingerprints(self.declarations)
+        if not paused:
+            self.store._coordinator.ensure_running()
+        report = declared.sync(self.scheduler, declarations=self.declarations)
+        self._contested = set(report.contested)
+        self.scheduler.add_job(
+            _closing_connections,
+            "interval",
+            seconds=recheck_interval(),
+            args=[self.recheck_declared],
+            id="django_apscheduler.recheck_declared",
+            jobstore=INTERNAL_STORE,
+            replace_existing=True,
+        )
         if conf.get("APSCHEDULER_EXECUTION_RETENTION") is not None:
             self.scheduler.add_job(
-                prune_executions,
+                _closing_connections,
                 "interval",
+                args=[prune_executions],
                 seconds=PRUNE_INTERVAL,
                 next_run_time=timezone.now(),
                 id="django_apscheduler.prune_executions",
@@ -84,6 +131,18 @@ class Runner:
             )
         if not paused:
             self.scheduler.resume()
+        return report
+
+    def recheck_declared(self) -> declared.SyncReport:
+        """Apply what other releases held back: removals, and declarations they declare otherwise.
+
+        Runs every :func:`recheck_interval` seconds. A declared job that no
+        live instance declares any more is removed; a declaration left as
+        stored because a live instance of another release declared it
+        differently is written once that instance is gone.
+        """
+        report = declared.sync(self.scheduler, declarations=self.declarations, only=self._contested)
+        self._contested = set(report.contested)
         return report
 
     def running_jobs(self) -> int:
@@ -154,6 +213,7 @@ def run_until_stopped(
         write(
             f"Scheduler instance started ({len(report.declared)} jobs declared in code"
             + (f", {len(report.removed)} removed" if report.removed else "")
+            + (f", {len(report.kept)} kept for other releases" if report.kept else "")
             + ")."
             + ("" if burst else " Stop it with Ctrl-C or SIGTERM.")
         )
@@ -222,6 +282,15 @@ def autostart_wanted(argv: list[str] | None = None, environ: Any = None) -> bool
     return "--noreload" in argv or environ.get("RUN_MAIN") == "true"
 
 
+#: Seconds before the first retry of an autostart that found the database not ready;
+#: each retry waits twice as long, up to AUTOSTART_MAX_DELAY.
+AUTOSTART_FIRST_DELAY = 1.0
+AUTOSTART_MAX_DELAY = 60.0
+
+#: Set to give up autostart retries (tests; a process that knows better).
+autostart_cancelled = threading.Event()
+
+
 def autostart() -> None:
     """Start this process's background scheduler once the app registry is ready.
 
@@ -229,27 +298,80 @@ def autostart() -> None:
     scheduler starts in a thread of its own (the database is not touched
     while apps load). Under gunicorn with ``--preload`` that is the master
     process, once for the whole server; without it, each worker.
+
+    A web server started before ``migrate`` (or before its database is up)
+    keeps trying: the thread retries with a growing pause (up to
+    ``AUTOSTART_MAX_DELAY`` seconds), logging a warning that names what is
+    missing, and starts the scheduler once the tables are there.
     """
     thread = threading.Thread(target=_autostart_when_ready, name="django_apscheduler-autostart")
     thread.daemon = True
     thread.start()
 
 
+def unapplied_migrations() -> list[str]:
+    """The migrations of this app that the database lacks (``"0012_..."``), in order."""
+    from django.db import connections, router
+    from django.db.migrations.executor import MigrationExecutor
+
+    from django_apscheduler.models import DjangoJob
+
+    connection = connections[router.db_for_write(DjangoJob)]
+    executor = MigrationExecutor(connection)
+    targets = [
+        node for node in executor.loader.graph.leaf_nodes() if node[0] == "django_apscheduler"
+    ]
+    plan = executor.migration_plan(targets)
+    return [migration.name for migration, backwards in plan if not backwards]
+
+
 def _autostart_when_ready() -> None:
     from django.apps import apps
+    from django.db import DatabaseError, connections
 
     while not apps.ready:
         time.sleep(0.05)
+    delay = AUTOSTART_FIRST_DELAY
+    while not autostart_cancelled.is_set():
+        try:
+            missing = unapplied_migrations()
+            if not missing:
+                _autostart_once()
+                return
+            problem = (
+                f"the database lacks the django_apscheduler migrations {', '.join(missing)} "
+                "(run `manage.py migrate`)"
+            )
+        except DatabaseError as exc:
+            problem = f"the database is not ready ({type(exc).__name__}: {exc})"
+        except Exception:
+            logger.exception("Could not autostart the scheduler (APSCHEDULER_AUTOSTART)")
+            return
+        finally:
+            connections.close_all()  # this thread's connections; never left idle between tries
+        logger.warning(
+            "Cannot autostart the scheduler (APSCHEDULER_AUTOSTART) yet: %s; retrying in %g s",
+            problem,
+            delay,
+        )
+        if autostart_cancelled.wait(delay):
+            return
+        delay = min(delay * 2, AUTOSTART_MAX_DELAY)
+
+
+def _autostart_once() -> None:
+    """Build and start the scheduler, once per process; a failed start is shut down again."""
     global _autostarted
     with _autostart_lock:
         if _autostarted is not None:
             return
+        runner = Runner()
         try:
-            runner = Runner()
             runner.start()
-        except Exception:
-            logger.exception("Could not autostart the scheduler (APSCHEDULER_AUTOSTART)")
-            return
+        except BaseException:
+            if runner.scheduler.running:
+                runner.scheduler.shutdown(wait=False)
+            raise
         _autostarted = runner
         _stop_at_exit(runner)
     logger.info("Autostarted a scheduler in process %d", os.getpid())

@@ -27,7 +27,7 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from django_apscheduler import coordination
-from django_apscheduler.jobstores import DjangoJobStore
+from django_apscheduler.jobstores import DjangoJobStore, declared_sync
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests import jobs
 
@@ -373,20 +373,41 @@ def test_replace_unpauses_a_paused_job(a, b):
     assert b.get_next_run_time() == at(50)
 
 
-def test_replace_past_time_depends_on_live_instances(a, b):
-    """A past stored time is replaced after a downtime, but kept while a scheduler is alive."""
+def test_replace_keeps_a_past_time_with_or_without_live_instances(a, b):
+    """A past stored time is a due fire: kept, so the scheduler runs it or logs it Missed! (#9.16).
+
+    It used to be replaced when no instance was alive (after a downtime), which
+    dropped the fire without a trace: a --burst start never ran the job.
+    """
     past = timezone.now() - timedelta(hours=1)
     a.add_job(make_job(a, next_run_time=past))
-    replace(b, make_job(b, next_run_time=at(50)))  # nobody runs the stored time
-    assert row().next_run_time == at(50)
+    replace(b, make_job(b, next_run_time=at(50)))  # no scheduler instance alive
+    assert row().next_run_time == past
+    assert b.lookup_job("job").next_run_time == past
 
-    DjangoJob.objects.filter(id="job").update(next_run_time=past)
     now = timezone.now()
     DjangoSchedulerInstance.objects.create(
         id="alive", host="h", pid=1, started=now, last_heartbeat=now
     )
     replace(b, make_job(b, next_run_time=at(50)))
     assert row().next_run_time == past
+
+
+def test_replace_keeps_a_pause_inside_declared_sync(a, b):
+    """The declared-job sync keeps an operator's pause, also when the definition changed (#9.5)."""
+    a.add_job(make_job(a, next_run_time=None, seconds=60))
+    with declared_sync():
+        replace(b, make_job(b, next_run_time=at(50), seconds=60))  # same definition
+        assert row().next_run_time is None
+        job = make_job(b, next_run_time=at(50), seconds=30)
+        replace(b, job)  # another definition: written, still paused
+    assert job.next_run_time is None
+    restored = b.lookup_job("job")
+    assert restored.trigger.interval == timedelta(seconds=30)
+    assert restored.next_run_time is None and row().next_run_time is None
+    # Outside the block, replace_existing unpauses as APScheduler does.
+    replace(b, make_job(b, next_run_time=at(50), seconds=30))
+    assert row().next_run_time == at(50)
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from django_apscheduler import client
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
@@ -28,7 +30,9 @@ from django_apscheduler.runner import autostart_wanted
 from tests.helpers import wait_until
 from tests.scheduler_process import read_lines
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+# The subprocess tests are marked slow one by one; the unit cases run in the quick suite
+# (test_declared.py has the runner, the sync and --burst in this process).
+pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = [*settings.INSTALLED_APPS, "tests.declaring"]
@@ -74,13 +78,16 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         (["/venv/bin/uwsgi"], {}, True),
         (["/venv/bin/pytest"], {}, False),
         (["/venv/bin/gunicorn"], {"PYTEST_CURRENT_TEST": "x"}, False),
+        ([], {}, True),  # an embedded interpreter
     ],
 )
+@pytest.mark.django_db(transaction=False)
 def test_autostart_only_where_requests_are_served(argv, environ, wanted):
     """Never under management commands other than runserver; once under the autoreloader."""
     assert autostart_wanted(argv, environ) is wanted
 
 
+@pytest.mark.slow
 def test_a_projects_own_runapscheduler_keeps_working(tmp_path):
     """The 0.7.0 README had users write runapscheduler; theirs runs, whatever the app order."""
     env = _env()
@@ -98,6 +105,7 @@ def test_a_projects_own_runapscheduler_keeps_working(tmp_path):
     assert "handwritten runapscheduler ran (own option: kept)" in done.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_waits_for_running_jobs_then_exits_0(tmp_path):
     """SIGTERM: no new fires, the running job finishes, its run is logged Executed, exit 0."""
     runs = tmp_path / "runs.jsonl"
@@ -120,6 +128,7 @@ def test_sigterm_waits_for_running_jobs_then_exits_0(tmp_path):
     assert not DjangoSchedulerInstance.objects.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_marks_jobs_still_running_after_the_timeout_interrupted(tmp_path):
     """A job outliving APSCHEDULER_SHUTDOWN_TIMEOUT is marked Interrupted; a 2nd signal exits at once."""
     runs = tmp_path / "runs.jsonl"
@@ -160,6 +169,7 @@ def test_sigterm_marks_jobs_still_running_after_the_timeout_interrupted(tmp_path
     assert "Second signal: exiting at once." in (tmp_path / "out2.log").read_text()
 
 
+@pytest.mark.slow
 def test_burst_runs_what_is_due_and_exits(tmp_path):
     """--burst: the jobs due now run (and are logged); later ones do not; exit 0."""
     due, later = tmp_path / "due.jsonl", tmp_path / "later.jsonl"
@@ -186,6 +196,7 @@ def test_burst_runs_what_is_due_and_exits(tmp_path):
     assert logged == {"due": DjangoJobExecution.SUCCESS}
 
 
+@pytest.mark.slow
 def test_declared_jobs_sync_without_duplicates_or_flapping(tmp_path):
     """Several processes sync the same declarations at once; later code changes apply."""
     client.add_job("tests.jobs:noop", "interval", hours=1, id="added-at-run-time")
@@ -224,6 +235,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_autostart_under_gunicorn_fires_each_time_once(tmp_path):
     """gunicorn with 3 workers, each autostarting a scheduler: every fire runs exactly once."""
     fires = tmp_path / "fires.jsonl"
@@ -272,6 +284,7 @@ def test_autostart_under_gunicorn_fires_each_time_once(tmp_path):
     print(f"\ngunicorn autostart: {len(lines)} fires by pids {Counter(x['pid'] for x in lines)}")
 
 
+@pytest.mark.slow
 def test_retention_prunes_old_runs_and_quiet_verbosity(tmp_path, settings):
     """APSCHEDULER_EXECUTION_RETENTION: the runner prunes at start; -v 0 prints nothing."""
     from datetime import timedelta
@@ -302,3 +315,87 @@ def test_retention_prunes_old_runs_and_quiet_verbosity(tmp_path, settings):
     assert done.stdout == ""
     ages = [(now - rt).days for rt in DjangoJobExecution.objects.values_list("run_time", flat=True)]
     assert ages == [1], ages
+
+
+def _output(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+FAST_LEASES = {"APSCHEDULER_LEASE_TIME": 2, "APSCHEDULER_HEARTBEAT_INTERVAL": 0.5}
+
+
+@pytest.mark.slow
+def test_rolling_deploy_keeps_the_other_releases_jobs_and_the_operators_pause(tmp_path):
+    """Two releases at once: neither removes nor rewrites the other's jobs; a pause survives (#9.5).
+
+    v1 declares declared_a (every 10 min) and declared-b; v2 declares declared_a every
+    20 min and no declared-b. v2 used to remove declared-b (with its history) while v1
+    still ran, and to unpause declared_a. Once v1 has stopped, declared-b goes and
+    v2's definition of declared_a is written, still paused.
+    """
+    a = "tests.declaring.jobs.declared_a"
+    v1_log, v2_log = tmp_path / "v1.log", tmp_path / "v2.log"
+    v1 = _start(_django("runapscheduler"), _env("v1", FAST_LEASES), v1_log)
+    v2 = None
+    try:
+        wait_until(lambda: "Scheduler instance started" in _output(v1_log), timeout=60)
+        client.pause_job(a)  # the operator pauses a declared job
+        DjangoJobExecution.objects.create(
+            job_id="declared-b", status=DjangoJobExecution.SUCCESS, run_time=timezone.now()
+        )
+        v2 = _start(_django("runapscheduler"), _env("v2", FAST_LEASES), v2_log)
+        wait_until(lambda: "Scheduler instance started" in _output(v2_log), timeout=60)
+
+        assert DjangoJob.objects.filter(id="declared-b").exists(), _output(v2_log)
+        assert DjangoJobExecution.objects.filter(job_id="declared-b").exists()
+        job = client.get_job(a)
+        assert job.trigger.interval.total_seconds() == 10 * 60  # v1 declares it so, and lives
+        assert job.next_run_time is None  # the pause stands
+
+        v1.send_signal(signal.SIGTERM)
+        assert v1.wait(timeout=60) == 0, _output(v1_log)
+        # v2 re-checks every three lease times: now that v1 is gone, declared-b goes
+        # and v2's definition of declared_a is written.
+        wait_until(lambda: not DjangoJob.objects.filter(id="declared-b").exists(), timeout=60)
+        wait_until(lambda: client.get_job(a).trigger.interval.total_seconds() == 20 * 60)
+        assert client.get_job(a).next_run_time is None
+    finally:
+        for proc in (v1, v2):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    assert "Traceback" not in _output(v1_log) + _output(v2_log)
+
+
+@pytest.mark.slow
+def test_burst_runs_declared_jobs_that_were_due(tmp_path):
+    """A cron-driven --burst runs the declared job due before it and logs the missed one (#9.16)."""
+    a = "tests.declaring.jobs.declared_a"
+    first = subprocess.run(
+        _django("runapscheduler", "--burst"), cwd=ROOT, env=_env("v1"), timeout=120
+    )
+    assert first.returncode == 0
+    now = timezone.now().replace(microsecond=0)
+    due, late = now - timedelta(seconds=4), now - timedelta(minutes=10)
+    client.modify_job(a, next_run_time=due)
+    client.modify_job("declared-b", next_run_time=late)  # past its 30 s grace time
+
+    done = subprocess.run(
+        _django("runapscheduler", "--burst"),
+        cwd=ROOT,
+        env=_env("v1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    logged = set(DjangoJobExecution.objects.values_list("job_id", "status", "run_time"))
+    assert logged == {
+        (a, DjangoJobExecution.SUCCESS, due),
+        ("declared-b", DjangoJobExecution.MISSED, late),
+    }
+    assert DjangoJob.objects.get(id=a).next_run_time == due + timedelta(minutes=10)

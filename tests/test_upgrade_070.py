@@ -46,7 +46,11 @@ JOB_IDS = {"interval", "cron", "with_args", "failing", "date_future", "paused", 
 PAUSED = {"paused"}
 
 #: What our migrations after the squash add; all of it is new columns, indexes and a table.
-NEW_MIGRATIONS = ["0010_coordination", "0011_djangojob_declared_in_code"]
+NEW_MIGRATIONS = [
+    "0010_coordination",
+    "0011_djangojob_declared_in_code",
+    "0012_djangoschedulerinstance_declared_ids",
+]
 ADDED = (
     "acquired_by",
     "acquired_until",

@@ -39,7 +39,7 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from django_apscheduler import client, conf, coordination, executions, run_now, util
-from django_apscheduler.exceptions import UnrestorableJobError
+from django_apscheduler.exceptions import DeclaredJobError, UnrestorableJobError
 from django_apscheduler.jobstores import restore_job
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
@@ -309,6 +309,8 @@ class Command(BaseCommand):
             ) from None
         except UnrestorableJobError as exc:
             raise CommandError(f"{exc} (`apscheduler remove` deletes it.)", returncode=1) from None
+        except DeclaredJobError as exc:
+            raise CommandError(str(exc), returncode=1) from None
         self.stdout.write(f"{job_id}: {done}.")
 
     def do_pause(self, job_id: str, **options: Any) -> None:

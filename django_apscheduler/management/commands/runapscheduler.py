@@ -4,7 +4,9 @@ Runs until SIGTERM or SIGINT (Ctrl-C): the first signal stops taking new
 fires, waits up to ``APSCHEDULER_SHUTDOWN_TIMEOUT`` seconds for running jobs,
 marks the rest "Interrupted" and exits 0; a second signal exits at once.
 ``--burst`` runs what is due now and exits (for cron-driven or serverless
-deployments). Any number of copies may run at once, on any hosts.
+deployments): every job whose stored next run time has come, also one that
+came while no scheduler ran, is run within its ``misfire_grace_time`` or
+logged "Missed!". Any number of copies may run at once, on any hosts.
 
 Projects that wrote their own ``runapscheduler`` command (the 0.7.0 README's
 pattern) keep it: when another installed app has a command of that name, it
@@ -57,7 +59,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--burst",
             action="store_true",
-            help="Run the jobs that are due now, wait for them, and exit.",
+            help=(
+                "Run the jobs that are due now (those late beyond their misfire_grace_time "
+                'are logged "Missed!"), wait for them, and exit.'
+            ),
         )
         parser.add_argument(
             "--seconds",

@@ -1,0 +1,1 @@
+"""An app whose jobs are declared in ``schedules.py`` (``APSCHEDULER_JOBS_MODULE = "schedules"``)."""
