@@ -98,8 +98,25 @@ def _existing(job_id: str) -> Job:
 
 
 def add_job(func: Callable[..., Any] | str, trigger: Any = None, **kwargs: Any) -> Job:
-    """Store a new job (APScheduler's ``add_job``: trigger, ``id``, options, ``replace_existing``)."""
+    """Store a new job (APScheduler's ``add_job``: trigger, ``id``, options, ``replace_existing``).
+
+    An executor the app's schedulers do not have is refused with a
+    ``ValueError`` naming the job and the executor (such a job would never run).
+    """
+    _check_executor(kwargs.get("id") or _name_of(func), kwargs.get("executor", "default"))
     return scheduler().add_job(func, trigger, **kwargs)
+
+
+def _name_of(func: Callable[..., Any] | str) -> str:
+    if isinstance(func, str):
+        return func
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+
+
+def _check_executor(job: str, executor: Any) -> None:
+    problem = conf.executor_problem(job, executor)
+    if problem:
+        raise ValueError(problem)
 
 
 def get_job(job_id: str) -> Job | None:
@@ -113,7 +130,12 @@ def get_jobs() -> list[Job]:
 
 
 def modify_job(job_id: str, **changes: Any) -> Job:
-    """Change a stored job's options or arguments (APScheduler's ``modify_job``)."""
+    """Change a stored job's options or arguments (APScheduler's ``modify_job``).
+
+    An executor the app's schedulers do not have is refused (``ValueError``).
+    """
+    if "executor" in changes:
+        _check_executor(job_id, changes["executor"])
     with _not_found_as(job_id):
         return scheduler().modify_job(job_id, **changes)
 
