@@ -297,7 +297,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             )
             return None
 
-    def _note_broken(self, job_id: str, reason: str, message: str, level: int = logging.ERROR):
+    def _note_broken(
+        self, job_id: str, reason: str, message: str, level: int = logging.ERROR
+    ) -> None:
         """Leave ``job_id`` out of this process's rounds for a while; log ``message`` once per reason.
 
         ``message`` is a format with two ``%r``/``%s`` slots: the job id and ``reason``.

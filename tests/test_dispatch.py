@@ -83,6 +83,15 @@ def _reset_events(make_scheduler):
     RELEASE.set()
 
 
+@pytest.fixture
+def loop_client():
+    """The client API; its store's worker thread (used from event loops) is closed afterwards."""
+    yield client
+    writer, client._writer = client._writer, None
+    if writer is not None:
+        writer.shutdown()
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -342,7 +351,7 @@ def test_housekeeping_waits_without_spinning_above_1024_open_files(many_open_fil
 # --- defect 15: AsyncIOScheduler ---------------------------------------------------------------
 
 
-def test_asyncio_scheduler_with_jobs_added_inside_the_loop(caplog):
+def test_asyncio_scheduler_with_jobs_added_inside_the_loop(caplog, loop_client):
     async def main() -> tuple[list[str], bool]:
         scheduler = AsyncIOScheduler(timezone="UTC")
         scheduler.add_jobstore(DjangoJobStore(), "default")
@@ -359,6 +368,9 @@ def test_asyncio_scheduler_with_jobs_added_inside_the_loop(caplog):
         ):
             await asyncio.sleep(0.05)
         found = scheduler.get_job("every") is not None
+        # The client API, as an async view would call it.
+        client.add_job(jobs.noop, "interval", hours=1, id="from-a-view")
+        found = found and client.get_job("from-a-view") is not None
         scheduler.shutdown()
         await asyncio.sleep(0.2)  # shutdown runs as a callback of the loop
         return [t for t, _ in jobs.calls], found
@@ -380,3 +392,20 @@ def test_asyncio_scheduler_with_jobs_added_inside_the_loop(caplog):
     assert problems == []
     assert not DjangoSchedulerInstance.objects.exists(), "shutdown retires the instance"
     assert os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE") is None
+
+
+def test_background_scheduler_and_client_used_from_inside_an_event_loop(
+    make_scheduler, caplog, loop_client
+):
+    """An async view or lifespan hook of an ASGI site adding jobs to a BackgroundScheduler."""
+    scheduler = make_scheduler()
+
+    async def view() -> None:
+        scheduler.add_job(jobs.record, "date", run_date=_now(), id="added-in-loop", args=["v"])
+        client.add_job(jobs.record, "date", run_date=_now(), id="client-in-loop", args=["c"])
+        client.modify_job("client-in-loop", args=["c2"])
+
+    asyncio.run(view())
+    # The client job may run before or after its change; it runs once either way.
+    wait_until(lambda: _ran("v") == 1 and _ran("c") + _ran("c2") == 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
