@@ -402,7 +402,8 @@ def test_background_scheduler_and_client_used_from_inside_an_event_loop(
 
     async def view() -> None:
         scheduler.add_job(jobs.record, "date", run_date=_now(), id="added-in-loop", args=["v"])
-        client.add_job(jobs.record, "date", run_date=_now(), id="client-in-loop", args=["c"])
+        client.add_job(jobs.record, "interval", hours=1, next_run_time=_now(), id="client-in-loop",
+                       args=["c"])  # fmt: skip
         client.modify_job("client-in-loop", args=["c2"])
 
     asyncio.run(view())
