@@ -20,3 +20,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return [
         checks.Error(message, hint=hint or None, id=code) for code, message, hint in conf.problems()
     ]
+
+
+@checks.register()
+def check_declared_executors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One error per ``@scheduled_job`` whose executor this app's schedulers do not have.
+
+    Such a job would be stored and never run (every scheduler leaves it to one
+    that has the executor).
+    """
+    from django_apscheduler import declared
+
+    found = []
+    for declaration in declared.discover().values():
+        problem = conf.executor_problem(
+            declaration.id, declaration.options.get("executor", "default")
+        )
+        if problem:
+            found.append(
+                checks.Error(
+                    f"@scheduled_job: {problem}",
+                    hint="Change the executor= argument of the declaration.",
+                    id="django_apscheduler.E011",
+                )
+            )
+    return found

@@ -127,11 +127,26 @@ def add_job(func: Callable[..., Any] | str, trigger: Any = None, **kwargs: Any) 
 
     An ``id`` that is not a string of 1 to 255 characters raises
     ``InvalidJobIdError`` naming it; arguments that cannot be pickled raise
-    ``UnpicklableJobError`` naming the job and the argument.
+    ``UnpicklableJobError`` naming the job and the argument. An executor the
+    app's schedulers do not have is refused with a ``ValueError`` naming the
+    job and the executor (such a job would never run).
     """
     if kwargs.get("id") is not None:
         validate_job_id(kwargs["id"])  # before APScheduler's own, unnamed, TypeError
+    _check_executor(kwargs.get("id") or _name_of(func), kwargs.get("executor", "default"))
     return scheduler().add_job(func, trigger, **kwargs)
+
+
+def _name_of(func: Callable[..., Any] | str) -> str:
+    if isinstance(func, str):
+        return func
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}"
+
+
+def _check_executor(job: str, executor: Any) -> None:
+    problem = conf.executor_problem(job, executor)
+    if problem:
+        raise ValueError(problem)
 
 
 def get_job(job_id: str) -> Job | None:
@@ -145,7 +160,12 @@ def get_jobs() -> list[Job]:
 
 
 def modify_job(job_id: str, **changes: Any) -> Job:
-    """Change a stored job's options or arguments (APScheduler's ``modify_job``)."""
+    """Change a stored job's options or arguments (APScheduler's ``modify_job``).
+
+    An executor the app's schedulers do not have is refused (``ValueError``).
+    """
+    if "executor" in changes:
+        _check_executor(job_id, changes["executor"])
     with _not_found_as(job_id):
         return scheduler().modify_job(job_id, **changes)
 

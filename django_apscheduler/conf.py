@@ -161,3 +161,34 @@ def timezone_name() -> Any:
 def job_defaults() -> dict[str, Any]:
     """Our job defaults with ``APSCHEDULER_JOB_DEFAULTS`` applied."""
     return {**JOB_DEFAULTS, **get("APSCHEDULER_JOB_DEFAULTS")}
+
+
+def runner_executors() -> list[str]:
+    """Executor names of the schedulers this app builds (runapscheduler, autostart).
+
+    ``"default"`` (``APSCHEDULER_THREADS`` threads), and ``"processpool"`` when
+    ``APSCHEDULER_PROCESSES`` is above 0.
+    """
+    names = ["default"]
+    processes = get("APSCHEDULER_PROCESSES")
+    if isinstance(processes, int) and not isinstance(processes, bool) and processes > 0:
+        names.append("processpool")
+    return names
+
+
+def executor_problem(job: Any, executor: Any) -> str | None:
+    """Why job ``job`` cannot use ``executor`` in this app's schedulers, or None if it can.
+
+    A job whose executor no scheduler has is never run: schedulers leave it to
+    one that has the executor.
+    """
+    names = runner_executors()
+    if executor in names:
+        return None
+    message = (
+        f"Job {job!r} uses the executor {executor!r}, which the schedulers this app runs do "
+        f"not have (they have: {', '.join(map(repr, names))}), so it would never run. "
+    )
+    if executor == "processpool":
+        return message + "Set APSCHEDULER_PROCESSES above 0 to have a 'processpool' executor."
+    return message + f"Use one of {', '.join(map(repr, names))}."

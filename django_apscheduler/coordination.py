@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-import select
+import selectors
 import socket
 import threading
 import time
@@ -261,6 +261,10 @@ class Coordinator:
         self.wake_lock = threading.Lock()
         self.reported_next: datetime | None = None
         self.has_reported = False
+        # The thread of the scheduler's dispatch loop (set by each round): if it
+        # dies, this instance must not go on holding jobs (see _dispatch_died).
+        self.dispatcher: threading.Thread | None = None
+        self._abandoned = False
 
     # --- the dispatch side (the scheduler's thread) -----------------------------------
 
@@ -297,6 +301,22 @@ class Coordinator:
                 self.claims[claim.job_id] = claim
                 self.held.pop(claim.job_id, None)
         return claims
+
+    def release_now(self, job_ids: list[str]) -> None:
+        """Give up claims of this round that this process cannot run, in the database at once.
+
+        Left to the heartbeat, they would be renewed for as long as any job
+        runs here, and no other process would get them.
+        """
+        using, instance = self._store._db, self.instance_id
+        with self.lock:
+            self._store._run(
+                lambda: release(using, instance, job_ids),  # type: ignore[arg-type]
+                "release jobs this process cannot run",
+            )
+            for job_id in job_ids:
+                self.claims.pop(job_id, None)
+                self.held.pop(job_id, None)
 
     def settle(self, job_id: str, executor: str | None) -> None:
         """The job's row was written back; keep the claim if ``executor`` still runs it."""
@@ -352,6 +372,8 @@ class Coordinator:
         with self.lock:
             self.claims.clear()
             self.held.clear()
+        self.dispatcher = None
+        self._abandoned = False
         self._pid = 0  # a later start registers a new instance
 
     # --- housekeeping (its own thread) ---------------------------------------------------
@@ -386,7 +408,10 @@ class Coordinator:
                 notified = self._wait(timeout)
                 if self._stopping.is_set():
                     break
-                if notified:
+                if self._dispatch_died():
+                    if not self._abandon():
+                        break  # nothing runs here any more: stop heartbeating
+                elif notified:
                     self._store._wake_scheduler()
                 now = time.monotonic()
                 if now >= next_beat:
@@ -396,12 +421,52 @@ class Coordinator:
                 if now >= next_reap:
                     next_reap = now + reap
                     self._safely(self._reap, "retire dead scheduler instances")
-                if now >= next_poll:
+                if now >= next_poll and not self._abandoned:
                     next_poll = now + poll
                     self._safely(self._poll, "look for changed jobs")
         finally:
             self._close_listener()
             connections.close_all()
+
+    def _dispatch_died(self) -> bool:
+        """True if the scheduler's dispatch thread ended while the scheduler still runs.
+
+        APScheduler's loop has no guard: an exception it does not expect (from
+        a trigger, say) ends its thread, and no job is dispatched here again.
+        """
+        thread = self.dispatcher
+        return (
+            thread is not None
+            and not thread.is_alive()
+            and not self._stopping.is_set()
+            and self._store._scheduler_running()
+        )
+
+    def _abandon(self) -> bool:
+        """Give up the jobs of a scheduler whose dispatch thread died; True while runs go on.
+
+        The round's write-backs are flushed, every claim not running here is
+        released at once so other schedulers take the jobs; claims of runs
+        still going stay held (and heartbeated) until they end, then the
+        heartbeat stops and the instance is retired by the others.
+        """
+        if not self._abandoned:
+            self._abandoned = True
+            logger.error(
+                "The dispatch thread (%s) of scheduler instance %s has died; this process "
+                "dispatches nothing any more and gives its jobs up to other schedulers. See "
+                "the error logged before for the cause, and restart this process.",
+                self.dispatcher.name if self.dispatcher is not None else "?",
+                self.instance_id,
+            )
+            self._safely(self._store._flush_write_backs, "write back the last round")
+            with self.lock:
+                for job_id in self.claims:
+                    self.held.setdefault(job_id, None)
+                self.claims.clear()
+        self._safely(self._release_idle, "release the jobs of a dead dispatch thread")
+        with self.lock:
+            return bool(self.held)
 
     def _safely(self, step: Any, description: str) -> None:
         try:
@@ -494,15 +559,32 @@ class Coordinator:
     # --- waiting: the wake socket, plus the LISTEN connection where there is one -------
 
     def _wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s; return True if another process announced a change."""
+        """Wait up to ``timeout`` s; return True if another process announced a change.
+
+        ``selectors`` (epoll/poll) works with any file descriptor number;
+        ``select.select`` fails above 1024. Any failure of the wait itself
+        closes the listener and sleeps out the timeout (at most a poll
+        interval), so a persistent failure never turns into a busy loop.
+        """
         listener = self._open_listener()
-        fds: list[Any] = [self._wake_reader]
-        if listener is not None:
-            fds.append(listener)
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
-        except (OSError, ValueError):  # the listener's socket went away
-            self._close_listener()
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._wake_reader, selectors.EVENT_READ)
+                if listener is not None:
+                    selector.register(listener, selectors.EVENT_READ)
+                readable = {key.fileobj for key, _ in selector.select(timeout)}
+        except Exception as exc:
+            logger.warning(
+                "Scheduler instance %s could not wait for job changes (%s); polling meanwhile",
+                self.instance_id,
+                exc,
+            )
+            if listener is not None:
+                self._close_listener()
+                self._listen_retry_at = time.monotonic() + float(
+                    conf.get("APSCHEDULER_POLL_INTERVAL")
+                )
+            self._stopping.wait(timeout)
             return False
         if self._wake_reader in readable:
             try:

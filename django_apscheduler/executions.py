@@ -376,12 +376,10 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
 
         @functools.wraps(func)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
+            # This runs on the event loop's thread, where Django keeps the ORM out:
+            # there is no connection of its own to refresh, and none is touched.
             _note_start(job_id, _caller_run_time())
-            close_old_connections()
-            try:
-                return await func(*args, **kwargs)
-            finally:
-                close_old_connections()
+            return await func(*args, **kwargs)
 
         job.func = run_async
         return

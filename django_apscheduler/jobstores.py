@@ -6,6 +6,8 @@ in ``DjangoJobExecution`` (see :mod:`django_apscheduler.executions`).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import logging
 import pickle
@@ -14,9 +16,10 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterator
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -237,6 +240,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         #: The jobs this process declares in code (id -> fingerprint), recorded
         #: with its scheduler instance (see ``declared``); None: it declares none.
         self.declared_ids: dict[str, str] | None = None
+        # True while this process's executor had no free thread for due jobs:
+        # the end of a run then wakes the scheduler (see _dispatch_limit).
+        self._saturated = False
+        self._listens_for_run_ends = False
+        # Runs the store's database work when it is called from a thread with a
+        # running event loop (AsyncIOScheduler), where Django forbids the ORM.
+        self._loop_worker: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop_worker_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<{self.__class__.__name__}(pickle_protocol={self.pickle_protocol})>"
@@ -244,6 +255,17 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def start(self, scheduler: Any, alias: str) -> None:
         self._stopped = False
         super().start(scheduler, alias)
+        if not self._listens_for_run_ends:
+            scheduler.add_listener(
+                self._on_run_end, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED
+            )
+            self._listens_for_run_ends = True
+
+    def _on_run_end(self, event: Any) -> None:
+        """A run ended, so a thread is free: wake a scheduler that had none for due jobs."""
+        if self._saturated:
+            self._saturated = False
+            self._wake_scheduler()
 
     # --- helpers ---------------------------------------------------------------
 
@@ -275,12 +297,35 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # The scheduler's own dispatch loop must not die from a lost connection:
         # it keeps retrying for as long as the scheduler runs.
         patient = self._in_dispatch()
-        return db.run_resiliently(
-            operation,
-            using=self._db,
-            description=description,
-            keep_trying=(lambda: patient and self._scheduler_running()),
+        return self._off_the_loop(
+            lambda: db.run_resiliently(
+                operation,
+                using=self._db,
+                description=description,
+                keep_trying=(lambda: patient and self._scheduler_running()),
+            )
         )
+
+    def _off_the_loop(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` here, or on the store's worker thread if this thread runs an event loop.
+
+        An ``AsyncIOScheduler`` calls the store from its event loop's thread
+        (its dispatch rounds, and ``add_job`` from an async view or a lifespan
+        hook), where Django refuses the ORM (``SynchronousOnlyOperation``). The
+        database work then runs on one dedicated thread of the store's own,
+        and the caller waits for it, as it would for the query itself.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no event loop runs in this thread: the usual case
+            return work()
+        with self._loop_worker_lock:
+            if self._loop_worker is None:
+                self._loop_worker = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="django_apscheduler-store"
+                )
+            worker = self._loop_worker
+        return worker.submit(work).result()
 
     def _instance_for_records(self) -> str | None:
         return self._coordinator.instance_id
@@ -293,13 +338,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         return bool(running_instances(executor).get(job_id))
 
     def _dispatch_limit(self) -> int:
-        """How many due jobs to claim in one round: about what this process can start soon.
+        """How many due jobs to claim in one round: what this process can start now.
 
-        Claiming everything that is due would leave the other schedulers
-        nothing while this one's executor queues the work; claiming what the
-        default executor's free threads can take (four times that, to keep them
-        busy, and at least one thread pool's worth) spreads the fires over the
-        processes. Capped by ``APSCHEDULER_DISPATCH_BATCH_SIZE``.
+        A claimed job waits in this process until it runs, while another
+        scheduler may have idle threads: so a round claims no more jobs than
+        the default executor has free threads (none when all are busy; the end
+        of a run wakes the scheduler again). Capped by
+        ``APSCHEDULER_DISPATCH_BATCH_SIZE``; an executor whose threads cannot be
+        counted gets the cap.
         """
         limit = int(conf.get("APSCHEDULER_DISPATCH_BATCH_SIZE"))
         executor = getattr(self._scheduler, "_executors", {}).get("default")
@@ -307,7 +353,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if not isinstance(workers, int):
             return limit
         busy = sum(running_instances(executor).values())
-        return max(1, min(limit, max(workers, 4 * workers - busy)))
+        return max(0, min(limit, workers - busy))
 
     def _wake_scheduler(self) -> None:
         scheduler = getattr(self, "_scheduler", None)
@@ -342,17 +388,65 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         try:
             return self._reconstitute_job(job_state)
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if self._broken_reasons.get(job_id) != reason:
-                logger.error(
-                    "Job %r cannot be restored and is skipped (%s). It stays in the database "
-                    "until it is fixed (re-add it with replace_existing=True) or removed.",
-                    job_id,
-                    reason,
-                )
-            self._broken[job_id] = time.monotonic()
-            self._broken_reasons[job_id] = reason
+            self._note_broken(
+                job_id,
+                f"{type(exc).__name__}: {exc}",
+                "Job %r cannot be restored and is skipped (%s). It stays in the database "
+                "until it is fixed (re-add it with replace_existing=True) or removed.",
+            )
             return None
+
+    def _note_broken(
+        self, job_id: str, reason: str, message: str, level: int = logging.ERROR
+    ) -> None:
+        """Leave ``job_id`` out of this process's rounds for a while; log ``message`` once per reason.
+
+        ``message`` is a format with two ``%r``/``%s`` slots: the job id and ``reason``.
+        """
+        if self._broken_reasons.get(job_id) != reason:
+            logger.log(level, message, job_id, reason)
+        self._broken[job_id] = time.monotonic()
+        self._broken_reasons[job_id] = reason
+
+    def _dispatchable(self, job: Job, now: datetime) -> bool:
+        """True if this process can dispatch ``job``; else note it as broken here and say why.
+
+        APScheduler removes a job whose executor it lacks, and a trigger that
+        raises kills its dispatch thread (with every other job of the round
+        still claimed). Both are found out here first: such a job stays in
+        the database, is left to processes that can run it, and never takes
+        the round's other jobs down.
+        """
+        executors = getattr(self._scheduler, "_executors", {})
+        # A scheduler that was never started has no executors yet (nor dispatches).
+        if executors and job.executor not in executors:
+            self._note_broken(
+                job.id,
+                f"{job.executor!r} (this scheduler has: {', '.join(map(repr, executors))})",
+                "Job %r is left to schedulers that have its executor %s; this one does not run "
+                "it. Add that executor to this scheduler, or change the job's executor.",
+                logging.WARNING,
+            )
+            return False
+        try:
+            # What APScheduler's loop is about to compute: the due run times, then
+            # the next fire time after the last of them.
+            run_times = []
+            next_run_time = job.next_run_time
+            while next_run_time and next_run_time <= now:
+                run_times.append(next_run_time)
+                next_run_time = job.trigger.get_next_fire_time(next_run_time, now)
+            if run_times:
+                job.trigger.get_next_fire_time(run_times[-1], now)
+        except Exception as exc:
+            self._note_broken(
+                job.id,
+                f"{type(exc).__name__}: {exc}",
+                "Job %r is skipped: its trigger raised %s. It stays in the database until it "
+                "is fixed (re-add it with replace_existing=True) or removed.",
+            )
+            return False
+        return True
 
     def _known_broken(self) -> list[str]:
         now = time.monotonic()
@@ -458,23 +552,33 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if self._stopped:
             return []
         self._round_thread = threading.get_ident()
-        self._dispatch_connection = connections[self._db]
+        self._coordinator.dispatcher = threading.current_thread()
+        self._dispatch_connection = self._off_the_loop(lambda: connections[self._db])
         self._coordinator.ensure_running()
         self._flush_write_backs()  # left over if a round ended without get_next_run_time
         broken = self._known_broken()
         limit = self._dispatch_limit()
+        self._saturated = limit == 0
+        if self._saturated:  # no free thread: the due jobs are left to other schedulers
+            self._round_ids = set()
+            return []
         claims = self._coordinator.claim(now, broken, limit)
 
         jobs = []
+        unusable = []
         for claim in claims:
             job = self._restore(claim.job_id, claim.job_state)
-            if job is None:
-                # Perhaps another process can restore it (a deploy in progress).
-                self._coordinator.settle(claim.job_id, None)
+            if job is not None:
+                self._follow_row(job, claim.job_id, claim.next_run_time)
+            if job is None or not self._dispatchable(job, now):
+                # Perhaps another process can run it (a deploy in progress, another
+                # executor there): released at once, not with this round's others.
+                unusable.append(claim.job_id)
                 continue
-            self._follow_row(job, claim.job_id, claim.next_run_time)
             executions.instrument(job, self._awaits_coroutines(job.executor))
             jobs.append(job)
+        if unusable:
+            self._coordinator.release_now(unusable)
         self._round_ids = {job.id for job in jobs}
         return jobs
 
@@ -506,9 +610,18 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     self._round_ids = set()
             if next_run_time is not None:
                 next_run_time = next_run_time.astimezone(self._scheduler.timezone)
+                if self._saturated:
+                    # Due jobs, but no free thread here: not a busy loop. The end of
+                    # a run wakes the scheduler; the poll (or this time) bounds the wait.
+                    next_run_time = max(next_run_time, self._saturated_wake_time())
             coordinator.reported_next = next_run_time
             coordinator.has_reported = True
         return next_run_time
+
+    def _saturated_wake_time(self) -> datetime:
+        """When a scheduler with no free thread looks again at jobs that are already due."""
+        poll = float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+        return (timezone.now() + timedelta(seconds=poll)).astimezone(self._scheduler.timezone)
 
     def get_all_jobs(self) -> list[Job]:
         jobs = self._get_jobs()
@@ -855,6 +968,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         connection is closed here too instead of lingering until exit.
         """
         self._stopped = True
+        self._off_the_loop(self._close)
+        with self._loop_worker_lock:
+            worker, self._loop_worker = self._loop_worker, None
+        if worker is not None:
+            worker.submit(connections.close_all)
+            worker.shutdown(wait=True)
+
+    def _close(self) -> None:
         if not executions.recorder.release_connection(timeout=10):
             logger.warning("Job store shut down with job executions not yet recorded")
         self._coordinator.stop()
