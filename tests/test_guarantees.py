@@ -105,7 +105,10 @@ def test_a_run_longer_than_the_lease_keeps_its_job_held_by_its_instance(
     a = make_scheduler()
     a.add_job(
         guarantee_jobs.run_while,
-        IntervalTrigger(seconds=1, timezone="UTC"),
+        # Fires every 3 leases: a dispatch of the job (even one refused for
+        # max_instances) renews its hold too, so between two fires only the
+        # heartbeat keeps it.
+        IntervalTrigger(seconds=3 * lease, timezone="UTC"),
         id="long",
         args=[str(runs), str(flag)],
         max_instances=1,
