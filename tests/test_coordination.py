@@ -10,6 +10,7 @@ job in between, through the same calls APScheduler's public API makes.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from django_apscheduler import coordination
 from django_apscheduler.jobstores import DjangoJobStore, declared_sync
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests import jobs
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -475,15 +477,22 @@ def test_reap_dead_instances_interrupts_their_runs_and_frees_their_jobs():
     assert coordination.reap_dead_instances("default") == []
 
 
-def test_paused_scheduler_writes_jobs_but_never_dispatches(make_scheduler):
+def test_paused_scheduler_writes_jobs_but_never_dispatches(make_scheduler, caplog):
     """A scheduler started paused (web process) adds jobs, registers no instance, claims nothing."""
+    caplog.set_level(logging.DEBUG, logger="apscheduler.scheduler")
     scheduler = make_scheduler(start=False)
     scheduler.start(paused=True)
     due = datetime.now(UTC) - timedelta(seconds=5)
     scheduler.add_job(jobs.record, "interval", minutes=1, id="every", next_run_time=due)
     scheduler.add_job(jobs.record, "date", run_date=due, id="once")
+    caplog.clear()
     scheduler.wakeup()
-    time.sleep(0.5)
+    # The scheduler's loop went round with the jobs due (and did nothing, being paused).
+    wait_until(
+        lambda: any(
+            "Scheduler is paused -- not processing jobs" in r.getMessage() for r in caplog.records
+        )
+    )
     assert sorted(j.id for j in scheduler.get_jobs()) == ["every", "once"]
     assert sorted(DjangoJob.objects.values_list("id", flat=True)) == ["every", "once"]
     assert not DjangoSchedulerInstance.objects.exists()

@@ -333,9 +333,11 @@ def test_changes_from_another_process_reach_running_schedulers(processes, use_tz
 def test_pause_and_remove_win_races_with_dispatch(processes, writer):
     """Pausing or removing a job while schedulers dispatch it: the pause or removal stands."""
     until = time.time() + 90
-    # A short poll, so the schedulers pick the job up while the test pauses it.
+    # A short poll, so the schedulers pick the job up while the test pauses it; a short
+    # heartbeat, so a claim kept for a run that was still going is released soon after.
+    settings = {"APSCHEDULER_POLL_INTERVAL": 0.1, "APSCHEDULER_HEARTBEAT_INTERVAL": 0.5}
     for _ in range(2):
-        processes.start({"jobs": [], "until": until}, {"APSCHEDULER_POLL_INTERVAL": 0.1})
+        processes.start({"jobs": [], "until": until}, settings)
     wait_until(lambda: DjangoSchedulerInstance.objects.count() == 2, timeout=30)
     rng = random.Random(3)
 
@@ -344,7 +346,12 @@ def test_pause_and_remove_win_races_with_dispatch(processes, writer):
         writer.modify_job("race", next_run_time=datetime.now(UTC))
         time.sleep(rng.uniform(0, 0.15))
         writer.pause_job("race")
-        time.sleep(0.3)
+        # A dispatch that claimed the job before the pause holds it until it has written
+        # the job back: once nobody holds it, every racing write has landed.
+        wait_until(
+            lambda: DjangoJob.objects.filter(id="race", acquired_by__isnull=True).exists(),
+            timeout=30,
+        )
         assert DjangoJob.objects.get(id="race").next_run_time is None, f"un-paused (round {i})"
         assert writer.get_job("race").next_run_time is None
 
