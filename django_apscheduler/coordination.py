@@ -228,6 +228,8 @@ class Coordinator:
         self.claims: dict[str, Claim] = {}  # claimed in the current round
         # Claims kept after dispatch: job id -> the executor that may still run it.
         self.held: dict[str, str | None] = {}
+        # Jobs whose write-back waits for another session's row lock: claims kept.
+        self.deferred: set[str] = set()
         # Jobs running here whose claim another instance holds (logged once each).
         self._lost_logged: dict[str, str] = {}
         self._thread: threading.Thread | None = None
@@ -255,6 +257,7 @@ class Coordinator:
             self._pid = os.getpid()
             self.claims.clear()
             self.held.clear()
+            self.deferred.clear()
         self._stopping.clear()
         self._register()
         self._thread = threading.Thread(
@@ -282,10 +285,22 @@ class Coordinator:
         """The job's row was written back; keep the claim if ``executor`` still runs it."""
         with self.lock:
             self.claims.pop(job_id, None)
+            self.deferred.discard(job_id)
             if executor is not None:
                 self.held[job_id] = executor
             else:
                 self.held.pop(job_id, None)
+
+    def defer(self, job_id: str) -> None:
+        """The job's write-back waits for a row lock of another session; keep the claim till then."""
+        with self.lock:
+            self.claims.pop(job_id, None)
+            self.held.pop(job_id, None)
+            self.deferred.add(job_id)
+
+    def deferred_ids(self) -> list[str]:
+        with self.lock:
+            return list(self.deferred)
 
     def end_round(self) -> None:
         """Claims the round did not write back (nothing was submitted) are released later."""
@@ -332,6 +347,7 @@ class Coordinator:
         with self.lock:
             self.claims.clear()
             self.held.clear()
+            self.deferred.clear()
         self._pid = 0  # a later start registers a new instance
 
     # --- housekeeping (its own thread) ---------------------------------------------------
@@ -417,7 +433,8 @@ class Coordinator:
                 for job_id, executor in self.held.items()
                 if self._store._running_here(job_id, executor)
             }
-            holding = bool(self.held or self.claims)
+            holding = bool(self.held or self.claims or self.deferred)
+            deferred = bool(self.deferred)
 
         def beat() -> int:
             return (
@@ -441,6 +458,8 @@ class Coordinator:
                 "renew the claims of running jobs",
             )
         runlocks.locks.verify(using)
+        if deferred:  # retry the write-backs that waited for another session's lock
+            self._store._wake_scheduler()
 
     def _renew(self, using: str, instance: str, running: set[str], claimed: set[str]) -> None:
         now = timezone.now()
