@@ -72,6 +72,13 @@ class RunLockSession:
     def close(self) -> None:
         """End the session, giving up every lock it holds."""
 
+    def forget_in_child(self) -> None:
+        """In a forked child: let go of the parent's session without ending it.
+
+        The parent's locks must stay the parent's, whatever the child does or
+        however it ends.
+        """
+
 
 class _LocalRunLockSession(RunLockSession):
     """No lock shared with other processes: only this process's own count applies.
@@ -123,6 +130,20 @@ class _ConnectionRunLockSession(RunLockSession):
 
     def ping(self) -> None:
         self._query("SELECT 1", [])
+
+    def forget_in_child(self) -> None:
+        # The child shares the parent's socket: point its copy at /dev/null, so
+        # the driver's goodbye when the child drops the connection never
+        # reaches the server (it would end the parent's session and locks).
+        try:
+            fd = self._wrapper.connection.fileno()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except Exception:  # no socket left to detach
+            logger.debug("Could not detach the inherited run-lock connection", exc_info=True)
 
     def close(self) -> None:
         try:
@@ -230,6 +251,16 @@ class _FileRunLockSession(RunLockSession):
     def close(self) -> None:
         for name in list(self._files):
             self.unlock(name)
+
+    def forget_in_child(self) -> None:
+        # A lock lives until every copy of its file descriptor is closed: the
+        # child closes its copies, and the parent's close alone releases it.
+        for fd in self._files.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._files.clear()
 
 
 class Backend:

@@ -182,9 +182,18 @@ class RunLocks:
                 self._session.close()
             self._session, self._held = None, {}
 
+    def _after_fork_in_child(self) -> None:
+        """A forked child (a process pool's worker, a pre-forking server's worker) starts afresh."""
+        self._mutex = threading.Lock()  # the fork may have copied it locked
+        session, self._session, self._held = self._session, None, {}
+        self._pid = os.getpid()
+        if session is not None:
+            session.forget_in_child()
+
 
 #: This process's run locks.
 locks = RunLocks()
+os.register_at_fork(after_in_child=locks._after_fork_in_child)
 
 
 @contextmanager

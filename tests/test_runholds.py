@@ -156,3 +156,82 @@ def test_stopped_process_reaped_while_its_job_runs_keeps_the_job(processes, tmp_
     first = DjangoJobExecution.objects.filter(job_id="hold").order_by("run_time").first()
     assert first.status == DjangoJobExecution.SUCCESS, (first.status, first.exception)
     assert first.exception is None
+
+
+def test_view_holding_a_job_row_lock_blocks_neither_dispatch_nor_heartbeat(
+    processes, tmp_path, vendor
+):
+    """(d) A view calls ``modify_job`` inside ``atomic()`` and then takes 15 s to commit.
+
+    The job's row stays locked all that time. The scheduler's other jobs keep
+    firing on time and its heartbeat keeps beating (it is not taken for dead).
+    """
+    if vendor == "sqlite":
+        pytest.skip("SQLite locks the whole database, not rows: a writer waits for every other")
+    import threading
+    from datetime import timedelta
+
+    from django.db import connections, transaction
+    from django.db.models import F
+    from django.utils import timezone
+
+    from django_apscheduler import conf
+    from django_apscheduler.models import DjangoJob
+
+    start = math.ceil(time.time()) + 5
+    until = start + 40
+    path = tmp_path / "hold.jsonl"
+    ticks = [_interval(f"tick-{i}", start) for i in range(5)]
+    job = _interval("hold", start, 1, func="log_run", args=[str(path), 2])
+    pid = processes.start({"jobs": [job, *ticks], "until": until})
+    wait_until(lambda: len(runs(path)) >= 2, timeout=40)
+    (instance,) = wait_until(lambda: list(DjangoSchedulerInstance.objects.filter(pid=pid)))
+
+    held = {}
+    done = threading.Event()
+
+    def view() -> None:
+        try:
+            with transaction.atomic():
+                # What modify_job's UPDATE does to the row (the job's function
+                # lives in the scheduler process's __main__, so it cannot be
+                # restored here): the row stays locked until the commit.
+                DjangoJob.objects.filter(id="hold").update(version=F("version") + 1)
+                held["from"] = time.time()
+                time.sleep(15)
+            held["to"] = time.time()
+        finally:
+            done.set()
+            connections.close_all()
+
+    thread = threading.Thread(target=view)
+    thread.start()
+    lease = timedelta(seconds=conf.get("APSCHEDULER_LEASE_TIME"))
+    stalest = timedelta(0)
+    try:
+        while not done.wait(0.25):
+            beat = DjangoSchedulerInstance.objects.filter(id=instance.id).values_list(
+                "last_heartbeat", flat=True
+            )
+            assert beat, f"instance {instance.id} was taken for dead\n{processes.log()}"
+            stalest = max(stalest, timezone.now() - beat[0])
+    finally:
+        thread.join(30)
+    processes.wait()
+
+    assert "to" in held, "the view's transaction failed"
+    assert stalest < lease, f"the heartbeat stopped for {stalest} while the row was locked"
+    first, last = math.ceil(held["from"]) + 1, math.floor(held["to"]) - 1
+    expected = 5 * (last - first + 1)
+    on_time = [
+        e
+        for e in processes.submitted()
+        if e["job"].startswith("tick-") and first <= e["t"] <= last + 1
+        for rt in e["run_times"]
+        if first <= rt <= last
+    ]
+    print(f"\nrow lock on {vendor}: {len(on_time)} of {expected} fires on time, stalest {stalest}")
+    assert len(on_time) >= 0.9 * expected, (len(on_time), expected, processes.log())
+    done_runs = assert_no_overlap(path, processes)
+    assert len(done_runs) >= 3
+    assert not processes.problems(), processes.log()

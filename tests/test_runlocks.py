@@ -157,3 +157,44 @@ def test_runs_release_their_slot(make_scheduler, other_process):
     wait_until(done.is_set)
     wait_until(lambda: not runlocks.locks._held)
     assert other_process.acquire("once", 1) is not None
+
+
+def test_forked_child_neither_keeps_nor_ends_the_parents_locks(sessions):
+    """A process pool's worker or a pre-forking server's worker is forked with the locks open.
+
+    Whatever the child does with what it inherited (SQLite: it lives on with
+    copies of the lock files; a database: it drops the connection, and the
+    driver says goodbye on the shared socket), the parent's run keeps its
+    lock, and the lock is free once the parent releases it.
+    """
+    import os
+
+    here = runlocks.locks
+    name = here.acquire("job", 1)
+    assert name is not None
+    inherited = here._session
+    ready_r, ready_w = os.pipe()
+    quit_r, quit_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(quit_w)
+            os.close(ready_r)
+            if not isinstance(inherited, backends._FileRunLockSession):
+                inherited.close()  # what dropping the inherited connection does
+            os.write(ready_w, b"x")
+            os.read(quit_r, 1)  # lives on until the parent is done
+        finally:
+            os._exit(0)
+    try:
+        os.close(ready_w)
+        assert os.read(ready_r, 1) == b"x"
+        other = sessions()
+        assert not other.try_lock(name), "the child ended the parent's lock"
+        here.release(name)
+        assert other.try_lock(name), "the child still holds the parent's lock"
+    finally:
+        os.close(quit_w)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(quit_r)
