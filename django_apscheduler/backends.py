@@ -7,7 +7,10 @@ MariaDB and SQLite; any other vendor gets the portable defaults.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -37,6 +40,227 @@ class Listener:
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+class RunLockSession:
+    """Named locks that live as long as one session (a connection or open files) of this process.
+
+    A run of a job holds one such lock while it runs (see :mod:`runlocks`):
+    whatever happens to heartbeats and claims, no other process can take the
+    same lock until the run releases it or this process ends. ``try_lock``
+    never waits. Locks are not re-entrant across processes but may be within
+    one session: callers keep their own count of what this process holds.
+    Methods raise a database (or OS) error when the session is lost; the
+    caller then closes it and opens a new one.
+    """
+
+    def try_lock(self, name: str) -> bool:
+        """Take the lock ``name`` if nobody else holds it; return whether it is now held."""
+        raise NotImplementedError
+
+    def unlock(self, name: str) -> None:
+        """Give up the lock ``name``."""
+        raise NotImplementedError
+
+    def holder(self, name: str) -> str | None:
+        """Who holds ``name`` (for messages), if the database can tell."""
+        return None
+
+    def ping(self) -> None:
+        """Raise if the session is lost (its locks then are too)."""
+
+    def close(self) -> None:
+        """End the session, giving up every lock it holds."""
+
+    def forget_in_child(self) -> None:
+        """In a forked child: let go of the parent's session without ending it.
+
+        The parent's locks must stay the parent's, whatever the child does or
+        however it ends.
+        """
+
+
+class _LocalRunLockSession(RunLockSession):
+    """No lock shared with other processes: only this process's own count applies.
+
+    For in-memory SQLite databases (no other process can reach them) and
+    vendors without session locks.
+    """
+
+    def try_lock(self, name: str) -> bool:
+        return True
+
+    def unlock(self, name: str) -> None:
+        pass
+
+
+def _lock_digest(using: str, name: str) -> bytes:
+    """A digest naming lock ``name`` in database ``using``'s namespace."""
+    database = str(connections[using].settings_dict.get("NAME") or "")
+    return hashlib.sha256(f"{database}\x00{name}".encode("utf-8", "surrogatepass")).digest()
+
+
+class _ConnectionRunLockSession(RunLockSession):
+    """Session locks on a connection of its own, outside Django's per-thread connections.
+
+    Shared by the threads of this process (guarded by the caller's mutex), in
+    autocommit mode, so the locks it takes outlive every transaction.
+    """
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self._wrapper = connections.create_connection(using)
+        self._wrapper.inc_thread_sharing()
+        try:
+            self._wrapper.ensure_connection()
+            self._wrapper.set_autocommit(True)
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        pass
+
+    def _query(self, sql: str, params: list[Any]) -> Any:
+        with self._wrapper.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        return row[0] if row else None
+
+    def ping(self) -> None:
+        self._query("SELECT 1", [])
+
+    def forget_in_child(self) -> None:
+        # The child shares the parent's socket: point its copy at /dev/null, so
+        # the driver's goodbye when the child drops the connection never
+        # reaches the server (it would end the parent's session and locks).
+        try:
+            fd = self._wrapper.connection.fileno()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except Exception:  # no socket left to detach
+            logger.debug("Could not detach the inherited run-lock connection", exc_info=True)
+
+    def close(self) -> None:
+        try:
+            self._wrapper.close()
+        except Exception:  # already broken: nothing left to close
+            logger.debug("Closing the run-lock connection failed", exc_info=True)
+
+
+class _PostgreSQLRunLockSession(_ConnectionRunLockSession):
+    """``pg_try_advisory_lock(bigint)``: session-level advisory locks, per database."""
+
+    def _setup(self) -> None:
+        with self._wrapper.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('application_name', %s, false)",
+                [f"django_apscheduler {socket.gethostname()[:30]}:{os.getpid()}"],
+            )
+
+    def _key(self, name: str) -> int:
+        return int.from_bytes(_lock_digest(self.using, name)[:8], "big", signed=True)
+
+    def try_lock(self, name: str) -> bool:
+        return bool(self._query("SELECT pg_try_advisory_lock(%s)", [self._key(name)]))
+
+    def unlock(self, name: str) -> None:
+        self._query("SELECT pg_advisory_unlock(%s)", [self._key(name)])
+
+    def holder(self, name: str) -> str | None:
+        key = self._key(name) & 0xFFFFFFFFFFFFFFFF
+        row = self._query(
+            "SELECT a.application_name || ' (backend pid ' || a.pid || ')' FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) AND l.classid::text::bigint = %s "
+            "AND l.objid::text::bigint = %s AND l.objsubid = 1",
+            [key >> 32, key & 0xFFFFFFFF],
+        )
+        return row or None
+
+
+class _MySQLRunLockSession(_ConnectionRunLockSession):
+    """``GET_LOCK(name, 0)``: user-level locks, server-wide, so the name includes the database."""
+
+    @staticmethod
+    def _name(using: str, name: str) -> str:
+        return "django_apscheduler:" + _lock_digest(using, name).hex()[:40]  # 59 of 64 chars
+
+    def try_lock(self, name: str) -> bool:
+        return self._query("SELECT GET_LOCK(%s, 0)", [self._name(self.using, name)]) == 1
+
+    def unlock(self, name: str) -> None:
+        self._query("SELECT RELEASE_LOCK(%s)", [self._name(self.using, name)])
+
+    def holder(self, name: str) -> str | None:
+        holder = self._query("SELECT IS_USED_LOCK(%s)", [self._name(self.using, name)])
+        return None if holder is None else f"MySQL connection {holder}"
+
+
+class _FileRunLockSession(RunLockSession):
+    """``fcntl.flock`` on one file per lock, in a directory beside the SQLite database.
+
+    The OS drops the lock when the file is closed, at the latest when the
+    process ends, however it ends. Each lock file names its holder.
+    """
+
+    def __init__(self, directory: str) -> None:
+        import fcntl
+
+        self._fcntl = fcntl
+        self._directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self._files: dict[str, int] = {}
+
+    def _path(self, name: str) -> str:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return os.path.join(self._directory, f"{digest}.lock")
+
+    def try_lock(self, name: str) -> bool:
+        fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        self._files[name] = fd
+        return True
+
+    def unlock(self, name: str) -> None:
+        fd = self._files.pop(name, None)
+        if fd is not None:
+            os.close(fd)  # closing the file drops the lock
+
+    def holder(self, name: str) -> str | None:
+        try:
+            with open(self._path(name)) as file:
+                return file.read(200) or None
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        for name in list(self._files):
+            self.unlock(name)
+
+    def forget_in_child(self) -> None:
+        # A lock lives until every copy of its file descriptor is closed: the
+        # child closes its copies, and the parent's close alone releases it.
+        for fd in self._files.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._files.clear()
 
 
 class Backend:
@@ -102,6 +326,13 @@ class Backend:
         """Open a :class:`Listener` for job-change announcements, or None if unsupported."""
         return None
 
+    def run_lock_session(self, using: str) -> RunLockSession:
+        """Open a :class:`RunLockSession`: locks that live while this process holds them.
+
+        Without session locks in the database, locks are process-local.
+        """
+        return _LocalRunLockSession()
+
 
 class PostgreSQLBackend(Backend):
     vendor = "postgresql"
@@ -147,6 +378,9 @@ class PostgreSQLBackend(Backend):
 
     def listener(self, using: str) -> Listener | None:
         return _PostgreSQLListener(using)
+
+    def run_lock_session(self, using: str) -> RunLockSession:
+        return _PostgreSQLRunLockSession(using)
 
 
 class _PostgreSQLListener(Listener):
@@ -206,6 +440,9 @@ class MySQLBackend(Backend):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
         return code is None or code in self._RETRY_CODES
 
+    def run_lock_session(self, using: str) -> RunLockSession:
+        return _MySQLRunLockSession(using)
+
 
 class SQLiteBackend(Backend):
     vendor = "sqlite"
@@ -248,6 +485,16 @@ class SQLiteBackend(Backend):
             return False
         message = str(exc).lower()
         return "locked" in message or "busy" in message or "disk i/o" in message
+
+    def run_lock_session(self, using: str) -> RunLockSession:
+        """File locks beside the database file; process-local for an in-memory database."""
+        conn = connections[using]
+        name = str(conn.settings_dict.get("NAME") or "")
+        if conn.is_in_memory_db() or not name:
+            return _LocalRunLockSession()
+        if name.startswith("file:"):
+            name = name[len("file:") :].split("?", 1)[0]
+        return _FileRunLockSession(os.path.abspath(name) + ".runlocks")
 
 
 _BACKENDS: dict[str, Backend] = {

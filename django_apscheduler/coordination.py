@@ -43,7 +43,7 @@ from django.db import connections
 from django.db.models import Q
 from django.utils import timezone
 
-from django_apscheduler import backends, conf, db, executions, util
+from django_apscheduler import backends, conf, db, executions, runlocks, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 if TYPE_CHECKING:
@@ -165,13 +165,35 @@ def earliest_claimable(using: str, instance: str, exclude: Iterable[str]) -> dat
     return min(util.utc(at) for at in instants if at is not None)
 
 
-def release(using: str, instance: str, job_ids: Iterable[str]) -> None:
-    """Give up ``instance``'s claims on ``job_ids`` (claims taken over by others stay)."""
+def lock_free_ids(rows: Any, using: str) -> list[str]:
+    """Lock the job rows ``rows`` selects, skipping those another session holds; return their ids.
+
+    Used inside a write transaction by housekeeping, which must never wait
+    for a row another session keeps locked (a view that changed a job inside
+    a long ``atomic()`` block): the skipped rows are dealt with next time.
+    """
+    backend = backends.for_alias(using)
+    return list(backend.lock_unclaimed(rows.order_by("id"), using).values_list("id", flat=True))
+
+
+def release(using: str, instance: str, job_ids: Iterable[str]) -> set[str]:
+    """Give up ``instance``'s claims on ``job_ids``; return the ids left for later (rows locked).
+
+    Claims taken over by others stay as they are.
+    """
     ids = list(job_ids)
-    if ids:
-        DjangoJob.objects.using(using).filter(id__in=ids, acquired_by=instance).update(
-            acquired_by=None, acquired_until=None
-        )
+    if not ids:
+        return set()
+    with backends.for_alias(using).write_transaction(using):
+        ours = DjangoJob.objects.using(using).filter(id__in=ids, acquired_by=instance)
+        free = lock_free_ids(ours, using)
+        if free:
+            DjangoJob.objects.using(using).filter(id__in=free).update(
+                acquired_by=None, acquired_until=None
+            )
+        if len(free) == len(ids):
+            return set()
+        return set(ours.values_list("id", flat=True)) - set(free)
 
 
 def interrupt_runs(using: str, instance: str, reason: str) -> int:
@@ -208,7 +230,10 @@ def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
                 "before this run finished."
             )
             # Jobs before executions, the order in which the execution log locks.
-            DjangoJob.objects.using(using).filter(acquired_by=instance.id).update(
+            # Rows another session keeps locked are skipped: their claims have
+            # expired anyway, so the others may take them.
+            claimed = DjangoJob.objects.using(using).filter(acquired_by=instance.id)
+            DjangoJob.objects.using(using).filter(id__in=lock_free_ids(claimed, using)).update(
                 acquired_by=None, acquired_until=None
             )
             count = interrupt_runs(using, instance.id, reason)
@@ -250,6 +275,10 @@ class Coordinator:
         self.claims: dict[str, Claim] = {}  # claimed in the current round
         # Claims kept after dispatch: job id -> the executor that may still run it.
         self.held: dict[str, str | None] = {}
+        # Jobs whose write-back waits for another session's row lock: claims kept.
+        self.deferred: set[str] = set()
+        # Jobs running here whose claim another instance holds (logged once each).
+        self._lost_logged: dict[str, str] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -279,6 +308,7 @@ class Coordinator:
             self._pid = os.getpid()
             self.claims.clear()
             self.held.clear()
+            self.deferred.clear()
         self._stopping.clear()
         self._register()
         self._thread = threading.Thread(
@@ -322,10 +352,22 @@ class Coordinator:
         """The job's row was written back; keep the claim if ``executor`` still runs it."""
         with self.lock:
             self.claims.pop(job_id, None)
+            self.deferred.discard(job_id)
             if executor is not None:
                 self.held[job_id] = executor
             else:
                 self.held.pop(job_id, None)
+
+    def defer(self, job_id: str) -> None:
+        """The job's write-back waits for a row lock of another session; keep the claim till then."""
+        with self.lock:
+            self.claims.pop(job_id, None)
+            self.held.pop(job_id, None)
+            self.deferred.add(job_id)
+
+    def deferred_ids(self) -> list[str]:
+        with self.lock:
+            return list(self.deferred)
 
     def end_round(self) -> None:
         """Claims the round did not write back (nothing was submitted) are released later."""
@@ -372,6 +414,7 @@ class Coordinator:
         with self.lock:
             self.claims.clear()
             self.held.clear()
+            self.deferred.clear()
         self.dispatcher = None
         self._abandoned = False
         self._pid = 0  # a later start registers a new instance
@@ -485,26 +528,36 @@ class Coordinator:
         )
 
     def _heartbeat(self) -> None:
+        """Renew this instance's heartbeat, then the claims of the jobs it holds.
+
+        The heartbeat is one statement of its own, committed at once, so it
+        never waits for a job row another session keeps locked; the renewal
+        skips such rows (they are renewed at the next heartbeat). The jobs
+        still running here are taken back if their claims were lost (this
+        instance was taken for dead while they ran) and nobody else holds them.
+        """
         using = self._store._db
         instance = self.instance_id
         now = timezone.now()
-
         with self.lock:
-            holding = bool(self.held or self.claims)
-        backend = backends.for_alias(using)
+            claimed = set(self.claims)
+            running = {
+                job_id
+                for job_id, executor in self.held.items()
+                if self._store._running_here(job_id, executor)
+            }
+            holding = bool(self.held or self.claims or self.deferred)
+            deferred = bool(self.deferred)
 
         def beat() -> int:
-            instances = DjangoSchedulerInstance.objects.using(using).filter(id=instance)
-            if not holding:  # the usual idle case: one statement, no transaction
-                return instances.update(last_heartbeat=now)
-            with backend.write_transaction(using):
-                found = instances.update(last_heartbeat=now)
-                DjangoJob.objects.using(using).filter(acquired_by=instance).update(
-                    acquired_until=now + lease_time()
-                )
-            return found
+            return (
+                DjangoSchedulerInstance.objects.using(using)
+                .filter(id=instance)
+                .update(last_heartbeat=now)
+            )
 
-        if not self._housekeeping_run(beat, "heartbeat") and not self._stopping.is_set():
+        found = self._housekeeping_run(beat, "heartbeat")
+        if not found and not self._stopping.is_set():
             logger.warning(
                 "Scheduler instance %s was taken for dead by another scheduler (no heartbeat "
                 "for %s); registering again",
@@ -512,6 +565,49 @@ class Coordinator:
                 lease_time(),
             )
             self._register()
+        if holding:
+            self._housekeeping_run(
+                lambda: self._renew(using, instance, running, claimed),  # type: ignore[arg-type]
+                "renew the claims of running jobs",
+            )
+        runlocks.locks.verify(using)
+        if deferred:  # retry the write-backs that waited for another session's lock
+            self._store._wake_scheduler()
+
+    def _renew(self, using: str, instance: str, running: set[str], claimed: set[str]) -> None:
+        now = timezone.now()
+        backend = backends.for_alias(using)
+        ours = Q(acquired_by=instance)
+        if running:
+            ours |= Q(id__in=running) & _claimable(instance, now)
+        with backend.write_transaction(using):
+            rows = DjangoJob.objects.using(using).filter(ours)
+            ids = lock_free_ids(rows, using)
+            if ids:
+                DjangoJob.objects.using(using).filter(id__in=ids).update(
+                    acquired_by=instance, acquired_until=now + lease_time()
+                )
+        lost = (running | claimed) - set(ids)
+        if lost:
+            holders = dict(
+                DjangoJob.objects.using(using)
+                .filter(id__in=lost)
+                .exclude(acquired_by=instance)
+                .exclude(acquired_by__isnull=True)
+                .values_list("id", "acquired_by")
+            )
+            for job_id, holder in holders.items():
+                if self._lost_logged.get(job_id) == holder:
+                    continue
+                self._lost_logged[job_id] = holder
+                logger.warning(
+                    "Job %r runs in scheduler instance %s, but its claim was lost (this instance "
+                    "was taken for dead) and instance %s holds it now; that instance's runs of "
+                    "the job are refused while this run goes on (run locks)",
+                    job_id,
+                    instance,
+                    holder,
+                )
 
     def _release_idle(self) -> None:
         with self.lock:
@@ -522,12 +618,13 @@ class Coordinator:
             ]
             if idle:
                 using, instance = self._store._db, self.instance_id
-                self._housekeeping_run(
+                later = self._housekeeping_run(
                     lambda: release(using, instance, idle),  # type: ignore[arg-type]
                     "release finished jobs",
                 )
                 for job_id in idle:
-                    self.held.pop(job_id, None)
+                    if job_id not in later:
+                        self.held.pop(job_id, None)
 
     def _reap(self) -> None:
         using = self._store._db

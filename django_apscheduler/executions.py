@@ -20,6 +20,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -40,7 +41,7 @@ from apscheduler.events import (
 )
 from django.db import IntegrityError, close_old_connections, connections, router
 
-from django_apscheduler import backends, conf, db, util
+from django_apscheduler import backends, conf, db, runlocks, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,21 @@ def _truncate(text: str | None, limit: int) -> str | None:
     return text[: limit - len(_ELLIPSIS)] + _ELLIPSIS
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def sanitise(text: str | None) -> str | None:
+    """``text`` as every database can store it: NUL as ``\\x00``, surrogates as U+FFFD.
+
+    An exception's message is whatever the job put in it. PostgreSQL rejects
+    NUL characters in text, and no database takes a lone surrogate (it is not
+    valid UTF-8): such a failure would otherwise not be logged at all.
+    """
+    if text is None:
+        return None
+    return _SURROGATES.sub("\ufffd", text.replace("\x00", "\\x00"))
+
+
 @dataclass
 class Record:
     """What one event says about the run of ``job_id`` at ``run_time``."""
@@ -91,7 +107,8 @@ class Record:
 
     def __post_init__(self) -> None:
         self.run_time = util.get_django_internal_datetime(self.run_time)  # type: ignore[assignment]
-        self.exception = _truncate(self.exception, EXCEPTION_MAX_LENGTH)
+        self.exception = _truncate(sanitise(self.exception), EXCEPTION_MAX_LENGTH)
+        self.traceback = sanitise(self.traceback)
         self.key = (self.job_id, self.run_time)
 
     @property
@@ -128,6 +145,10 @@ class Record:
         row.status = self.status
         row.finished = None if self.finished is None else decimal_seconds(self.finished)
         row.duration = self.duration()
+        if self.status == DjangoJobExecution.SUCCESS:
+            # A run that finished well has no error, whatever was noted before
+            # (a scheduler taken for dead marks its runs Interrupted).
+            row.exception = row.traceback = None
         if self.exception:
             row.exception = self.exception
         if self.traceback:
@@ -279,6 +300,18 @@ def records_from_event(event: Any, started: float | None = None) -> list[Record]
                 finished=finished,
             )
         ]
+    if code == EVENT_JOB_ERROR and isinstance(event.exception, runlocks.JobStillRunning):
+        # Refused before the job function was called: its run slots are held by
+        # runs in other processes.
+        return [
+            Record(
+                event.job_id,
+                event.scheduled_run_time,
+                DjangoJobExecution.MAX_INSTANCES,
+                exception=str(event.exception),
+                finished=finished,
+            )
+        ]
     if code == EVENT_JOB_ERROR:
         exception = (
             str(event.exception)
@@ -346,7 +379,12 @@ def _caller_run_time() -> Any:
 
 
 def instrument(job: Any, awaits_coroutines: bool = False) -> None:
-    """Wrap ``job.func`` so each run notes its start and gets fresh DB connections.
+    """Wrap ``job.func`` so each run holds its job, notes its start and gets fresh DB connections.
+
+    Each run holds one of the job's ``max_instances`` run locks while it runs
+    (:mod:`runlocks`), so no other process starts the job meanwhile, whatever
+    happens to heartbeats and claims; a run that finds them all held elsewhere
+    does not call the function and is logged "Max instances!".
 
     Django closes stale connections around each request; a job thread lives
     far longer, so the same is done around each run. Only ``job.func`` is
@@ -359,16 +397,20 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
     """
     func = job.func
     job_id = job.id
+    slots = getattr(job, "max_instances", None)
+    slots = slots if isinstance(slots, int) and slots > 0 else 1
     if inspect.iscoroutinefunction(func) and not awaits_coroutines:
 
         @functools.wraps(func)
         def run_coroutine(*args: Any, **kwargs: Any) -> Any:
-            _note_start(job_id, _caller_run_time())
-            close_old_connections()
-            try:
-                return asyncio.run(func(*args, **kwargs))
-            finally:
+            run_time = _caller_run_time()
+            with runlocks.holding(job_id, slots):
+                _note_start(job_id, run_time)
                 close_old_connections()
+                try:
+                    return asyncio.run(func(*args, **kwargs))
+                finally:
+                    close_old_connections()
 
         job.func = run_coroutine
         return
@@ -376,22 +418,31 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
 
         @functools.wraps(func)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
+            run_time = _caller_run_time()
             # This runs on the event loop's thread, where Django keeps the ORM out:
-            # there is no connection of its own to refresh, and none is touched.
-            _note_start(job_id, _caller_run_time())
-            return await func(*args, **kwargs)
+            # the run lock's connection is used from a worker thread, and no
+            # connection of this thread is refreshed (it has none of its own).
+            hold = runlocks.holding(job_id, slots)
+            await asyncio.to_thread(hold.__enter__)
+            try:
+                _note_start(job_id, run_time)
+                return await func(*args, **kwargs)
+            finally:
+                await asyncio.to_thread(hold.__exit__, None, None, None)
 
         job.func = run_async
         return
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
-        _note_start(job_id, _caller_run_time())
-        close_old_connections()
-        try:
-            return func(*args, **kwargs)
-        finally:
+        run_time = _caller_run_time()
+        with runlocks.holding(job_id, slots):
+            _note_start(job_id, run_time)
             close_old_connections()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                close_old_connections()
 
     job.func = run
 

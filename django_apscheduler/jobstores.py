@@ -591,8 +591,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if in_round:
             self._flush_write_backs()
             self._coordinator.end_round()
-        broken = self._known_broken()
         coordinator = self._coordinator
+        # Jobs whose write-back waits for another session's row lock are not due
+        # again: the heartbeat wakes the scheduler to retry them.
+        broken = self._known_broken() + coordinator.deferred_ids()
         instance = coordinator.instance_id or ""
         using = self._db
 
@@ -792,9 +794,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             until = timezone.now() + coordination.lease_time()
             with backend.write_transaction(using):
                 rows = DjangoJob.objects.using(using).filter(id__in=[wb.job_id for wb in pending])
+                # Rows another session keeps locked are skipped, not waited for
+                # (a view inside a long atomic block): _resolve defers them.
                 current = {
                     job_id: (version, holder)
-                    for job_id, version, holder in backend.lock_for_write(
+                    for job_id, version, holder in backend.lock_unclaimed(
                         rows.order_by("id"), using
                     ).values_list("id", "version", "acquired_by")
                 }
@@ -823,17 +827,19 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 )
             return {wb.job_id for wb in clean}
 
+        busy: list[_WriteBack] = []
         try:
             written = self._run(write_all, "write back the dispatched jobs")
             for wb in pending:
                 if wb.job_id not in written:
-                    self._log_outcome(
-                        wb,
-                        self._run(
-                            lambda wb=wb: self._resolve(wb, wb.job_id in keep),
-                            f"write back job {wb.job_id!r}",
-                        ),
+                    outcome = self._run(
+                        lambda wb=wb: self._resolve(wb, wb.job_id in keep),
+                        f"write back job {wb.job_id!r}",
                     )
+                    if outcome == "busy":
+                        busy.append(wb)
+                    else:
+                        self._log_outcome(wb, outcome)
         except Exception:
             # Never kill the scheduler's loop: the claims expire after the lease
             # time and the jobs are dispatched again.
@@ -844,7 +850,12 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             )
         finally:
             for wb in pending:
-                coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
+                if any(wb is other for other in busy):
+                    coordinator.defer(wb.job_id)
+                else:
+                    coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
+            # Retried first at the next flush; the claim stays ours meanwhile.
+            self._pending_writes[:0] = busy
 
     def _resolve(self, wb: _WriteBack, keep: bool) -> str:
         """Write back one job whose row changed since it was claimed; return what happened."""
@@ -860,13 +871,15 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             lease = {"acquired_by": None, "acquired_until": None}
         backend = backends.for_alias(using)
         with backend.write_transaction(using):
+            rows = DjangoJob.objects.using(using).filter(id=wb.job_id)
             row = (
-                backend.lock_for_write(DjangoJob.objects.using(using).filter(id=wb.job_id), using)
+                backend.lock_unclaimed(rows, using)
                 .values("job_state", "next_run_time", "acquired_by", "acquired_until")
                 .first()
             )
             if row is None:
-                return "removed"
+                # Locked by another session (left for the next round) or removed.
+                return "busy" if rows.exists() else "removed"
             holder, until = row["acquired_by"], row["acquired_until"]
             if holder not in (None, instance) and until and until >= timezone.now():
                 return "taken"
@@ -875,7 +888,6 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 and row["job_state"]
                 and row["next_run_time"] == claim.next_run_time
             )
-            rows = DjangoJob.objects.using(using).filter(id=wb.job_id)
             if not unmoved:
                 rows.update(**lease)
                 return "changed"

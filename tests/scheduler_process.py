@@ -48,6 +48,29 @@ def run_until(path: str, deadline: float) -> None:
     _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
 
 
+def hold_gil(path: str, marker: str, deadline: float) -> None:
+    """Hold the GIL in long stretches (a catastrophic regex) until ``marker`` exists or ``deadline``.
+
+    Like a job stuck in C code that never releases the GIL: the process's
+    other threads (heartbeat, dispatch) get a moment only between two
+    stretches of about a second each.
+    """
+    import re
+
+    _append(path, {"event": "start", "pid": os.getpid(), "t": time.time()})
+    pattern = re.compile(r"(a+)+b")
+    size = 16
+    while True:  # calibrate: one match of about half a second or more
+        began = time.monotonic()
+        pattern.match("a" * size)
+        if time.monotonic() - began >= 0.4 or size >= 40:
+            break
+        size += 1
+    while not os.path.exists(marker) and time.time() < deadline:
+        pattern.match("a" * size)
+    _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
+
+
 def log_fire(path: str, tag: str) -> None:
     """Append the scheduled run time of this fire (read from APScheduler's ``run_job``)."""
     frame = sys._getframe(1)
@@ -107,6 +130,7 @@ def main(config: dict[str, Any]) -> None:
         EVENT_JOB_SUBMITTED,
     )
     from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     from django_apscheduler.jobstores import DjangoJobStore
@@ -131,7 +155,12 @@ def main(config: dict[str, Any]) -> None:
         with lock:
             events.write(json.dumps(record) + "\n")
 
-    scheduler = BlockingScheduler(
+    # "exit_after_start": behave like an autostarted web worker that exits
+    # normally: a background scheduler, stopped by the autostart hook at exit
+    # while the job's thread still runs (the interpreter waits for it).
+    exiting = config.get("exit_after_start")
+    scheduler_class = BackgroundScheduler if exiting else BlockingScheduler
+    scheduler = scheduler_class(
         timezone="UTC", executors={"default": ThreadPoolExecutor(config.get("threads", 10))}
     )
     scheduler.add_jobstore(DjangoJobStore(), "default")
@@ -150,6 +179,21 @@ def main(config: dict[str, Any]) -> None:
             misfire_grace_time=spec.get("misfire_grace_time", 120),
             replace_existing=True,
         )
+    if exiting:
+        from types import SimpleNamespace
+
+        from django_apscheduler import runner
+
+        runner._stop_at_exit(SimpleNamespace(scheduler=scheduler))  # type: ignore[arg-type]
+        print(f"scheduler process {os.getpid()} starting", flush=True)
+        scheduler.start()
+        runs, deadline = exiting["runs"], time.time() + 60
+        while time.time() < deadline and not any(
+            line["event"] == "start" and line["pid"] == os.getpid() for line in read_lines(runs)
+        ):
+            time.sleep(0.05)
+        print(f"scheduler process {os.getpid()} exits while its job runs", flush=True)
+        return  # the main thread ends; the job's thread goes on
     # BlockingScheduler.start() may return as soon as shutdown() has begun, so
     # the process waits for the stopping thread to finish the shutdown.
     stopper = threading.Timer(max(0.0, config["until"] - time.time()), scheduler.shutdown)

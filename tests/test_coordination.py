@@ -527,3 +527,96 @@ def test_shutdown_retires_the_instance_and_releases_its_claims(a, b):
     assert execution.status == DjangoJobExecution.INTERRUPTED and instance in execution.exception
     assert a.get_due_jobs(at(100)) == []
     assert sorted(j.id for j in b.get_due_jobs(at(100))) == ["pending", "running"]
+
+
+# --- issue 9 (6d): row locks of other sessions never block dispatch or the heartbeat --------
+
+
+class RowLockHolder:
+    """Another session (a view inside ``atomic()``) that changes a job and keeps its row locked."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.locked = threading.Event()
+        self.release = threading.Event()
+        self.timed_out = False
+        self.thread = threading.Thread(target=self._hold)
+
+    def _hold(self) -> None:
+        from django.db import transaction
+        from django.db.models import F
+
+        try:
+            with transaction.atomic():
+                DjangoJob.objects.filter(id=self.job_id).update(version=F("version") + 1)
+                self.locked.set()
+                self.timed_out = not self.release.wait(30)
+        finally:
+            connections.close_all()
+
+    def holding(self) -> bool:
+        """True while the other session still keeps the row locked (nobody waited it out)."""
+        return self.thread.is_alive() and not self.timed_out
+
+    def __enter__(self) -> RowLockHolder:
+        self.thread.start()
+        assert self.locked.wait(30)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        self.thread.join(60)
+
+
+@pytest.fixture
+def row_locks(vendor):
+    if vendor == "sqlite":
+        pytest.skip("SQLite locks the whole database, not rows: a writer waits for every other")
+
+
+def test_write_back_of_a_row_locked_elsewhere_is_deferred_not_waited_for(a, b, row_locks):
+    a.add_job(make_job(a, next_run_time=at(0)))
+    a.add_job(make_job(a, id="other", next_run_time=at(0)))
+    job, other = sorted(a.get_due_jobs(at(10)), key=lambda j: j.id)
+    with RowLockHolder("job") as holder:
+        job._modify(next_run_time=at(60))
+        a.update_job(job)
+        other._modify(next_run_time=at(60))
+        a.update_job(other)
+        a._flush_write_backs()  # returns while the row is still locked
+        assert holder.holding()
+        assert row("other").next_run_time == at(60)  # the rest of the round landed
+        assert row("other").acquired_by is None
+        assert a._coordinator.deferred_ids() == ["job"]
+        assert row("job").acquired_by == a._coordinator.instance_id  # still ours
+        # Not due again for A meanwhile: its next run time skips the deferred job.
+        assert a.get_next_run_time() == at(60)
+    assert not holder.timed_out
+    a._flush_write_backs()  # the next round: the lock is gone, the write lands
+    assert row("job").next_run_time == at(60)
+    assert row("job").acquired_by is None and a._coordinator.deferred_ids() == []
+    assert b.get_due_jobs(at(30)) == []
+
+
+def test_heartbeat_is_not_held_up_by_a_row_locked_elsewhere(a, row_locks):
+    executor = ThreadPoolExecutor()
+    a._scheduler.add_executor(executor, "default")  # not started: only looked up
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    executor._instances["job"] = 1  # as if submitted and still running
+    dispatch(a, job, at(60))
+    instance = a._coordinator.instance_id
+    DjangoSchedulerInstance.objects.filter(id=instance).update(
+        last_heartbeat=timezone.now() - timedelta(minutes=1)
+    )
+    with RowLockHolder("job") as holder:
+        a._coordinator._heartbeat()
+        assert holder.holding()
+        beat = DjangoSchedulerInstance.objects.get(id=instance).last_heartbeat
+        assert beat > timezone.now() - timedelta(seconds=30)
+        executor._instances["job"] = 0
+        a._coordinator._release_idle()  # left for later, not waited for
+        assert "job" in a._coordinator.held
+    assert not holder.timed_out
+    a._coordinator._release_idle()
+    assert row().acquired_by is None and a._coordinator.held == {}

@@ -377,3 +377,71 @@ def test_async_job_functions_stay_coroutines_for_asyncio_executors():
         assert not DjangoJobStore()._awaits_coroutines("default")
     finally:
         loop.close()
+
+
+# --- issue 9: texts every database stores, and no stale error on a finished run -------
+
+
+@pytestmark_tx
+@pytest.mark.parametrize(
+    "message, stored",
+    [
+        ("nul\x00byte", "nul\\x00byte"),  # PostgreSQL rejects NUL in text
+        ("lone \ud800 surrogate", "lone \ufffd surrogate"),  # not UTF-8 anywhere
+        ("pair \ud83d\ude00 of halves", "pair \ufffd\ufffd of halves"),
+    ],
+)
+def test_failure_with_unstorable_text_is_logged_sanitised(make_scheduler, message, stored):
+    """The run is "Error!" with the text made storable, not left "Started execution"."""
+    scheduler = make_scheduler()
+    scheduler.add_job(jobs.fail, "date", run_date=datetime.now(UTC), id="f", args=[message])
+    wait_until(lambda: logged("f", DjangoJobExecution.ERROR), timeout=30)
+    row = only_row("f")
+    assert row.exception == stored
+    assert "in fail" in row.traceback
+    scheduler.shutdown(wait=True)
+    assert only_row("f").status == DjangoJobExecution.ERROR  # not "Interrupted" at shutdown
+
+
+def test_traceback_with_unstorable_text_is_stored_sanitised(job_row):
+    DjangoJobStore.handle_error_event(
+        executed(
+            code=EVENT_JOB_ERROR,
+            exception=ValueError("x\x00\udc80"),
+            traceback='  File "job\x00.py", line 1, in \udcff\n',
+        )
+    )
+    row = only_row()
+    assert row.exception == "x\\x00\ufffd"
+    assert row.traceback == '  File "job\\x00.py", line 1, in \ufffd\n'
+
+
+def test_finished_run_keeps_no_interrupted_text(job_row):
+    """A run marked Interrupted (its scheduler taken for dead) that then finishes is just Executed."""
+    from django_apscheduler import coordination
+
+    DjangoJobStore.handle_submission_event(submitted())
+    DjangoJobExecution.objects.update(instance="host:1:gone", traceback="stale")
+    assert coordination.interrupt_runs("default", "host:1:gone", "Interrupted: gone") == 1
+    assert only_row().status == DjangoJobExecution.INTERRUPTED
+    DjangoJobStore.handle_execution_event(executed())
+    row = only_row()
+    assert row.status == DjangoJobExecution.SUCCESS
+    assert row.exception is None and row.traceback is None
+
+
+def test_failed_run_after_interrupted_keeps_its_own_error(job_row):
+    from django_apscheduler import coordination
+
+    DjangoJobStore.handle_submission_event(submitted())
+    DjangoJobExecution.objects.update(instance="host:1:gone")
+    coordination.interrupt_runs("default", "host:1:gone", "Interrupted: gone")
+    DjangoJobStore.handle_error_event(
+        executed(code=EVENT_JOB_ERROR, exception=ValueError("real"), traceback="Traceback...")
+    )
+    row = only_row()
+    assert (row.status, row.exception, row.traceback) == (
+        DjangoJobExecution.ERROR,
+        "real",
+        "Traceback...",
+    )

@@ -1,0 +1,231 @@
+"""Run holds: a running job holds a lock for exactly as long as its run lasts.
+
+Claims (:mod:`coordination`) decide which process dispatches a fire; they
+live on heartbeats, and a heartbeat can stop while a run goes on (the
+interpreter waits for a job thread after the scheduler shut down, a job holds
+the GIL, the process is stopped or its heartbeat is blocked). So a run also
+takes, before its job function is called, one of ``max_instances`` lock
+slots of its job: a session-level lock of the database (PostgreSQL advisory
+locks, MySQL/MariaDB ``GET_LOCK``) on one connection of this process, or an
+OS file lock beside the SQLite database (see :mod:`backends`). Such a lock
+lives as long as the run, or the process, whatever happens to heartbeats.
+When every slot is held elsewhere the run is refused (:class:`JobStillRunning`)
+and recorded "Max instances!".
+
+If the lock connection is lost, its locks are gone with it: the next use
+opens a new one and takes back the locks of the runs still going; one that
+another process took meanwhile is logged as an error naming the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
+
+from django.db import router
+
+from django_apscheduler import backends
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class JobStillRunning(Exception):
+    """A run was refused because every ``max_instances`` slot of its job is held elsewhere."""
+
+    def __init__(self, job_id: str, max_instances: int, holder: str | None) -> None:
+        self.job_id = job_id
+        self.max_instances = max_instances
+        self.holder = holder
+        where = f" (held by {holder})" if holder else ""
+        super().__init__(
+            f"Execution of job '{job_id}' skipped: it is still running in another process"
+            f"{where}; maximum number of running instances ({max_instances}) reached!"
+        )
+
+
+def _default_alias() -> str:
+    """The database the jobs are written to, whose locks the runs take."""
+    from django_apscheduler.models import DjangoJob
+
+    return router.db_for_write(DjangoJob)
+
+
+def lock_name(job_id: str, slot: int) -> str:
+    """The name of slot ``slot`` of job ``job_id``'s run locks."""
+    return f"django_apscheduler.run:{slot}:{job_id}"
+
+
+class RunLocks:
+    """The run locks of this process: one lock session, shared by its threads under a mutex."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._session: backends.RunLockSession | None = None
+        self._using: str | None = None
+        self._pid = 0
+        # Lock name -> the job id whose run holds it.
+        self._held: dict[str, str] = {}
+
+    def _open(self, using: str) -> backends.RunLockSession:
+        """The session for ``using``, opened (again) if needed. Called under the mutex."""
+        if self._pid != os.getpid():
+            # A forked child: the parent's session is not ours (never close it here).
+            self._session, self._held, self._pid = None, {}, os.getpid()
+        if self._session is not None and self._using != using:
+            self._session.close()
+            self._session = None
+            self._held = {}
+        if self._session is None:
+            self._session = backends.for_alias(using).run_lock_session(using)
+            self._using = using
+            self._retake()
+        return self._session
+
+    def _retake(self) -> None:
+        """Take back the locks held before the session was lost."""
+        assert self._session is not None
+        for name, job_id in list(self._held.items()):
+            if not self._session.try_lock(name):
+                logger.error(
+                    "Job %r: this process lost its run lock with its lock connection and another "
+                    "process (%s) took it meanwhile: the job may be running in both. Check the "
+                    "database connection (network, server restarts, idle timeouts).",
+                    job_id,
+                    self._session.holder(name) or "unknown",
+                )
+
+    def _lost(self, exc: BaseException) -> None:
+        logger.warning("The run-lock connection was lost (%s); reconnecting", exc)
+        if self._session is not None:
+            self._session.close()
+        self._session = None
+
+    def _with_session(
+        self, using: str, action: str, call: Callable[[backends.RunLockSession], T]
+    ) -> T:
+        """Run ``call(session)``; after a lost session, reconnect (re-taking locks) and retry once."""
+        try:
+            return call(self._open(using))
+        except Exception as exc:
+            self._lost(exc)
+        try:
+            return call(self._open(using))
+        except Exception:
+            self._lost(RuntimeError(f"could not {action} after reconnecting"))
+            raise
+
+    def acquire(self, job_id: str, slots: int, using: str | None = None) -> str | None:
+        """Take a free slot of ``job_id``'s ``slots`` run locks; return its name, None if all are held.
+
+        Each run of this process takes a slot of its own (the database's locks
+        are re-entrant within one session, so slots held here are skipped).
+        Raises a database error if the locks cannot be reached at all.
+        """
+        using = using or _default_alias()
+        with self._mutex:
+            for slot in range(max(1, slots)):
+                name = lock_name(job_id, slot)
+                if name in self._held:
+                    continue
+                if self._with_session(
+                    using, f"lock job {job_id!r}", lambda s, n=name: s.try_lock(n)
+                ):
+                    self._held[name] = job_id
+                    return name
+            return None
+
+    def holder(self, job_id: str, using: str | None = None) -> str | None:
+        """Who holds slot 0 of ``job_id``'s run locks, for messages (None if unknown)."""
+        using = using or _default_alias()
+        with self._mutex:
+            try:
+                return self._open(using).holder(lock_name(job_id, 0))
+            except Exception:
+                return None
+
+    def release(self, name: str) -> None:
+        """Give up the lock ``name`` taken by :meth:`acquire`."""
+        with self._mutex:
+            if self._held.pop(name, None) is None:
+                return
+            if self._session is None or self._pid != os.getpid():
+                return  # lost with its session: nothing left to give up
+            try:
+                self._session.unlock(name)
+            except Exception as exc:  # the session's end gives the lock up too
+                self._lost(exc)
+
+    def verify(self, using: str) -> None:
+        """While runs hold locks, check the session; if it was lost, reconnect and re-take them.
+
+        Called from the heartbeat, so a lost connection is noticed while the
+        runs go on, not only when the next run starts or ends.
+        """
+        with self._mutex:
+            if not self._held or self._session is None or self._pid != os.getpid():
+                return
+            try:
+                self._session.ping()
+            except Exception as exc:
+                self._lost(exc)
+                self._open(using)
+
+    def close(self) -> None:
+        """End the session (tests; the process's end does it otherwise)."""
+        with self._mutex:
+            if self._session is not None and self._pid == os.getpid():
+                self._session.close()
+            self._session, self._held = None, {}
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child (a process pool's worker, a pre-forking server's worker) starts afresh."""
+        self._mutex = threading.Lock()  # the fork may have copied it locked
+        session, self._session, self._held = self._session, None, {}
+        self._pid = os.getpid()
+        if session is not None:
+            session.forget_in_child()
+
+
+#: This process's run locks.
+locks = RunLocks()
+os.register_at_fork(after_in_child=locks._after_fork_in_child)
+
+
+@contextmanager
+def holding(job_id: str, max_instances: int) -> Iterator[None]:
+    """Hold a run lock of ``job_id`` for the block; raise :class:`JobStillRunning` if none is free.
+
+    If the locks cannot be reached (the database is down), the run goes on
+    without one, with a warning: it was dispatched under a claim, and losing
+    the run would be worse.
+    """
+    try:
+        name = locks.acquire(job_id, max_instances)
+    except Exception as exc:
+        logger.warning(
+            "Job %r runs without its run lock (the database cannot be reached: %s); another "
+            "process could start it meanwhile",
+            job_id,
+            exc,
+        )
+        yield
+        return
+    if name is None:
+        holder = locks.holder(job_id) if max_instances == 1 else None
+        logger.warning(
+            "Job %r was not started: all %d of its max_instances slots are held by runs in other "
+            "processes%s",
+            job_id,
+            max_instances,
+            f" ({holder})" if holder else "",
+        )
+        raise JobStillRunning(job_id, max_instances, holder)
+    try:
+        yield
+    finally:
+        locks.release(name)
