@@ -11,8 +11,13 @@ same database. They agree through the ``DjangoJob`` rows themselves:
   (or finishing it) releases the claim, in the same statement.
 * **Holding running jobs.** While a job runs in a process, that process keeps
   its claim and renews it with every heartbeat, so only the process that runs
-  the job dispatches its next fires and APScheduler's ``max_instances`` holds
-  across processes.
+  the job dispatches its next fires. Heartbeats can stop while a run goes on,
+  so each run also holds one of its job's ``max_instances`` run locks, which
+  live exactly as long as the run (:mod:`runlocks`): a fire dispatched
+  elsewhere meanwhile is refused, "Max instances!".
+* **Never waiting on other sessions.** The heartbeat is a statement of its
+  own; renewing, releasing and writing back claims skip job rows another
+  session keeps locked and retry them later.
 * **Instances.** Each dispatching scheduler has a ``DjangoSchedulerInstance``
   row whose heartbeat it renews. When a heartbeat is older than the lease
   time, the process is taken for dead: its claims have expired, so the others
