@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 #: Seconds after which a job that could not be restored is tried again.
 BROKEN_RETRY_INTERVAL = 60.0
 
+#: Seconds before a round tries again to claim due jobs that it found locked by
+#: another session (a transaction that changed them and has not committed yet).
+LOCKED_RETRY_INTERVAL = 0.25
+
 #: ``version`` plus one; a row written by code that predates the column has NULL.
 NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
 
@@ -243,6 +247,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # True while this process's executor had no free thread for due jobs:
         # the end of a run then wakes the scheduler (see _dispatch_limit).
         self._saturated = False
+        self._claimed_nothing = False
         self._listens_for_run_ends = False
         # Runs the store's database work when it is called from a thread with a
         # running event loop (AsyncIOScheduler), where Django forbids the ORM.
@@ -563,6 +568,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             self._round_ids = set()
             return []
         claims = self._coordinator.claim(now, broken, limit)
+        # Nothing claimed although the round was due: what is due is held by
+        # another session's row lock (SKIP LOCKED passed it over).
+        self._claimed_nothing = not claims
 
         jobs = []
         unusable = []
@@ -616,9 +624,19 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     # Due jobs, but no free thread here: not a busy loop. The end of
                     # a run wakes the scheduler; the poll (or this time) bounds the wait.
                     next_run_time = max(next_run_time, self._saturated_wake_time())
+                elif in_round and self._claimed_nothing:
+                    # Due, but the claim passed it over (its row is locked by another
+                    # session): look again shortly instead of at once.
+                    next_run_time = max(next_run_time, self._locked_retry_time())
             coordinator.reported_next = next_run_time
             coordinator.has_reported = True
         return next_run_time
+
+    def _locked_retry_time(self) -> datetime:
+        """When to try again to claim due jobs whose rows other sessions keep locked."""
+        return (timezone.now() + timedelta(seconds=LOCKED_RETRY_INTERVAL)).astimezone(
+            self._scheduler.timezone
+        )
 
     def _saturated_wake_time(self) -> datetime:
         """When a scheduler with no free thread looks again at jobs that are already due."""

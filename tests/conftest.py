@@ -7,13 +7,20 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.db import connection
 
-from django_apscheduler import executions
+from django_apscheduler import executions, runlocks
 from django_apscheduler.jobstores import DjangoJobStore
 from tests import jobs
 
 
 def pytest_report_header(config):
     return f"database backend: {os.environ.get('DJANGO_APSCHEDULER_TEST_DB', 'sqlite')}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_run_lock_session(django_db_setup, django_db_blocker):
+    """End the process's run-lock connection before pytest-django drops the test database."""
+    yield
+    runlocks.locks.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import os
 import resource
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 import pytest
@@ -410,3 +410,43 @@ def test_background_scheduler_and_client_used_from_inside_an_event_loop(
     # The client job may run before or after its change; it runs once either way.
     wait_until(lambda: _ran("v") == 1 and _ran("c") + _ran("c2") == 1)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- a due job whose row another session keeps locked --------------------------------------
+
+
+def test_due_job_locked_by_another_session_does_not_make_dispatch_spin(make_scheduler, vendor):
+    """Claims skip a row another transaction holds; the next run time must not say "now" again.
+
+    A view that changed a job inside a long ``atomic()`` keeps its row locked:
+    the claim skips it (SKIP LOCKED), but the earliest-claimable query still
+    sees it as due, and reporting that past time makes APScheduler go round
+    again at once, for as long as the lock lasts.
+    """
+    if vendor == "sqlite":
+        pytest.skip("SQLite locks the whole database, not rows: the claim waits instead")
+    from tests.test_coordination import RowLockHolder
+
+    scheduler = make_scheduler()
+    store = scheduler._jobstores["default"]
+    rounds = []
+    get_due_jobs = store.get_due_jobs
+
+    def counting(now):
+        rounds.append(time.monotonic())
+        return get_due_jobs(now)
+
+    store.get_due_jobs = counting
+    scheduler.add_job(
+        jobs.record, "date", run_date=_now() + timedelta(seconds=1), id="locked",
+        args=["locked"], misfire_grace_time=60,
+    )  # fmt: skip
+    with RowLockHolder("locked") as holder:
+        wait_until(lambda: _now() > DjangoJob.objects.get(id="locked").next_run_time)
+        before = len(rounds)
+        time.sleep(2)
+        spun = len(rounds) - before
+        assert holder.holding()
+    assert spun <= 10, f"{spun} dispatch rounds in 2 s while the due job's row was locked"
+    assert not holder.timed_out
+    wait_until(lambda: [tag for tag, _ in jobs.calls] == ["locked"])  # runs once the lock goes
