@@ -507,6 +507,30 @@ def test_update_of_a_removed_job_raises_job_lookup_error(store):
     assert store.lookup_job("gone") is None and store.get_all_jobs() == []
 
 
+def test_update_of_a_one_shot_job_that_finished_meanwhile_raises_job_lookup_error(store, traits):
+    """Looked up to be changed, then finished by a dispatch round: the change must not revive it.
+
+    ``modify_job`` and ``pause_job`` look the job up, change it and call
+    ``update_job``; a scheduler (here, or in another process) may run the
+    job's last fire in between. Reviving it would run that fire again.
+    """
+    add(store, "once", at(0), trigger=DateTrigger(at(0), timezone="UTC"))
+    job = store.lookup_job("once")
+    assert dispatch_round(store, at(10)) == ["once"]
+    job._modify(args=())
+    with pytest.raises(JobLookupError):
+        store.update_job(job)
+    job._modify(next_run_time=None)  # pause_job's write
+    with pytest.raises(JobLookupError):
+        store.update_job(job)
+    assert store.lookup_job("once") is None
+    assert store.get_all_jobs() == []
+    assert store.get_due_jobs(at(20)) == []
+    assert store.get_next_run_time() is None
+    if traits.keeps_finished_record:
+        assert DjangoJob.objects.get(id="once").is_finished
+
+
 # --- remove_job and remove_all_jobs ---------------------------------------------------
 
 
