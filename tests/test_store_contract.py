@@ -31,6 +31,7 @@ Django store fresh copies. Tests change a job the way the scheduler does
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -45,6 +46,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from django.test.utils import override_settings
 
 from django_apscheduler.exceptions import InvalidJobIdError, UnpicklableJobError
 from django_apscheduler.jobstores import DjangoJobStore
@@ -55,6 +57,7 @@ pytestmark = pytest.mark.django_db
 
 UTC = timezone.utc
 PARIS = ZoneInfo("Europe/Paris")
+BERLIN = ZoneInfo("Europe/Berlin")
 TOKYO = ZoneInfo("Asia/Tokyo")
 #: Threads of the default executor of every scheduler here.
 POOL_SIZE = 4
@@ -126,10 +129,22 @@ TRAITS = {
         reports_in_scheduler_timezone=True,
     ),
 }
+#: The Django store with naive local times in the database (``USE_TZ = False``): the same contract.
+TRAITS["django-naive"] = TRAITS["django"]
 
 
 def _new_store(kind: str) -> BaseJobStore:
     return MemoryJobStore() if kind == "memory" else DjangoJobStore()
+
+
+@contextmanager
+def _settings_of(kind: str) -> Iterator[None]:
+    """The Django settings ``kind`` runs under (naive Berlin times for ``django-naive``)."""
+    if kind != "django-naive":
+        yield
+        return
+    with override_settings(USE_TZ=False, TIME_ZONE="Europe/Berlin"):
+        yield
 
 
 def _new_scheduler(store: BaseJobStore) -> BackgroundScheduler:
@@ -145,7 +160,7 @@ def _new_scheduler(store: BaseJobStore) -> BackgroundScheduler:
 
 @pytest.fixture(params=sorted(TRAITS))
 def kind(request: pytest.FixtureRequest) -> str:
-    """``memory`` or ``django``: the store under test."""
+    """``memory``, ``django`` or ``django-naive``: the store under test."""
     return request.param
 
 
@@ -157,9 +172,14 @@ def traits(kind: str) -> Traits:
 
 @pytest.fixture
 def scheduler(kind: str) -> Iterator[BackgroundScheduler]:
-    """A paused scheduler on a fresh store of ``kind``; shut down (stopping the store) after."""
-    scheduler = _new_scheduler(_new_store(kind))
-    yield scheduler
+    """A paused scheduler on a fresh store of ``kind``; shut down (stopping the store) after.
+
+    Shut down once the settings are restored: leaving ``override_settings``
+    resets the time zone of the connection, which shutting down closes.
+    """
+    with _settings_of(kind):
+        scheduler = _new_scheduler(_new_store(kind))
+        yield scheduler
     if scheduler.running:
         scheduler.shutdown(wait=True)
 
@@ -372,6 +392,31 @@ def test_due_jobs_compare_instants_whatever_the_zone_of_now(store):
     add(store, "b", at(60))
     now = at(30).astimezone(TOKYO)
     assert ids(store.get_due_jobs(now)) == ["a"]
+
+
+def test_the_repeated_hour_of_autumn_is_ordered_by_instant(store):
+    """Berlin's clocks go back from 03:00 CEST to 02:00 CET: wall-clock order is not time order.
+
+    Naive local times in the database (``django-naive``) cannot tell the two
+    02:30 apart; the store must still order, report and hand out by instant.
+    """
+    utc = datetime(2030, 10, 27, tzinfo=UTC)
+    times = {
+        "a": utc.replace(hour=0, minute=30),  # 02:30 CEST
+        "b": utc.replace(hour=0, minute=45),  # 02:45 CEST
+        "c": utc.replace(hour=1, minute=15),  # 02:15 CET
+        "d": utc.replace(hour=1, minute=30),  # 02:30 CET
+    }
+    for job_id, instant in times.items():
+        add(store, job_id, instant.astimezone(BERLIN))
+    assert ids(store.get_all_jobs()) == ["a", "b", "c", "d"]
+    assert store.get_next_run_time().astimezone(UTC) == times["a"]
+    assert ids(store.get_due_jobs(utc.replace(hour=0, minute=50))) == ["a", "b"]
+    store.get_next_run_time()
+    store.remove_job("a")
+    store.remove_job("b")
+    assert store.get_next_run_time().astimezone(UTC) == times["c"]
+    assert ids(store.get_due_jobs(utc.replace(hour=1, minute=20))) == ["c"]
 
 
 def test_an_empty_store_has_no_due_jobs(store):
