@@ -449,6 +449,13 @@ def test_next_run_time_is_the_earliest_one(store):
     assert store.get_next_run_time() == at(5)
 
 
+def test_next_run_time_keeps_fractions_of_a_second(store):
+    add(store, "a", at(10.123456))
+    add(store, "b", at(10.5))
+    assert store.get_next_run_time() == at(10.123456)
+    assert ids(store.get_due_jobs(at(10.2))) == ["a"]
+
+
 def test_next_run_time_zone(store, traits):
     """The same instant from both; in the scheduler's zone (UTC) or the job's (Tokyo)."""
     add(store, "tokyo", at(10).astimezone(TOKYO))
@@ -574,6 +581,29 @@ def test_update_of_a_one_shot_job_that_finished_meanwhile_raises_job_lookup_erro
     assert store.get_next_run_time() is None
     if traits.keeps_finished_record:
         assert DjangoJob.objects.get(id="once").is_finished
+
+
+def test_a_change_made_while_another_scheduler_finishes_the_job_does_not_revive_it():
+    """The same race across two Django schedulers on one database, as two processes meet it.
+
+    (Only for the Django store: memory stores share nothing.) The application's
+    scheduler looks the job up to pause it; a dispatching scheduler runs its
+    last fire meanwhile. The pause must fail as for any job that is gone.
+    """
+    app, dispatcher = _new_scheduler(DjangoJobStore()), _new_scheduler(DjangoJobStore())
+    try:
+        app_store = app._lookup_jobstore("default")
+        add(app_store, "once", at(0), trigger=DateTrigger(at(0), timezone="UTC"))
+        job = app_store.lookup_job("once")
+        assert dispatch_round(dispatcher._lookup_jobstore("default"), at(10)) == ["once"]
+        job._modify(next_run_time=None)
+        with pytest.raises(JobLookupError):
+            app_store.update_job(job)
+        assert DjangoJob.objects.get(id="once").is_finished
+        assert app_store.lookup_job("once") is None
+    finally:
+        app.shutdown(wait=True)
+        dispatcher.shutdown(wait=True)
 
 
 # --- remove_job and remove_all_jobs ---------------------------------------------------
