@@ -713,10 +713,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     if decision == _KEEP_PAUSED:
                         job.next_run_time = None  # what the caller's job object reports
                         state, next_run_time = self._state(job), None
-                written = (
-                    DjangoJob.objects.using(using)
-                    .filter(id=job.id)
-                    .update(next_run_time=next_run_time, job_state=state, version=NEXT_VERSION)
+                rows = DjangoJob.objects.using(using).filter(id=job.id)
+                if not replacing:
+                    # The kept record of a one-shot job that finished (perhaps since the
+                    # caller looked the job up) is no job: reviving it would run its
+                    # last fire again. replace_existing writes it, as add_job would.
+                    rows = rows.exclude(job_state=b"")
+                written = rows.update(
+                    next_run_time=next_run_time, job_state=state, version=NEXT_VERSION
                 )
                 if written:
                     backend.notify(using)
