@@ -17,6 +17,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any, Callable, Iterator
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
@@ -248,6 +249,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # the end of a run then wakes the scheduler (see _dispatch_limit).
         self._saturated = False
         self._claimed_nothing = False
+        self._round_now: datetime = datetime.min.replace(tzinfo=dt_timezone.utc)
         self._listens_for_run_ends = False
         # Runs the store's database work when it is called from a thread with a
         # running event loop (AsyncIOScheduler), where Django forbids the ORM.
@@ -571,6 +573,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         # Nothing claimed although the round was due: what is due is held by
         # another session's row lock (SKIP LOCKED passed it over).
         self._claimed_nothing = not claims
+        self._round_now = now
 
         jobs = []
         unusable = []
@@ -624,19 +627,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     # Due jobs, but no free thread here: not a busy loop. The end of
                     # a run wakes the scheduler; the poll (or this time) bounds the wait.
                     next_run_time = max(next_run_time, self._saturated_wake_time())
-                elif in_round and self._claimed_nothing:
+                elif in_round and self._claimed_nothing and next_run_time <= self._round_now:
                     # Due, but the claim passed it over (its row is locked by another
                     # session): look again shortly instead of at once.
-                    next_run_time = max(next_run_time, self._locked_retry_time())
+                    retry = self._round_now + timedelta(seconds=LOCKED_RETRY_INTERVAL)
+                    next_run_time = retry.astimezone(self._scheduler.timezone)
             coordinator.reported_next = next_run_time
             coordinator.has_reported = True
         return next_run_time
-
-    def _locked_retry_time(self) -> datetime:
-        """When to try again to claim due jobs whose rows other sessions keep locked."""
-        return (timezone.now() + timedelta(seconds=LOCKED_RETRY_INTERVAL)).astimezone(
-            self._scheduler.timezone
-        )
 
     def _saturated_wake_time(self) -> datetime:
         """When a scheduler with no free thread looks again at jobs that are already due."""
