@@ -79,6 +79,36 @@ class SchedulerProcesses:
         self.outputs.append(output)
         return proc.pid
 
+    def start_together(
+        self, configs: list[dict[str, Any]], seconds: float, lead: float = 2
+    ) -> tuple[int, int]:
+        """Start one process per config; once all are ready, begin their schedule together.
+
+        Interval jobs without a ``start`` start at the returned start, a whole
+        second ``lead`` s after the last process got ready (Django set up, its
+        scheduler built), and every process stops ``seconds`` later. Waiting on
+        the processes' ready files instead of a fixed head start keeps the
+        first fire on time however slow the machine is. Returns (start, until).
+        """
+        go = self.directory / "go.json"
+        for config in configs:
+            self.start({**config, "go": str(go)})
+        wait_until(
+            lambda: (
+                len(list(self.directory.glob("go.json.ready-*"))) == len(configs)
+                or any(proc.poll() is not None for proc in self.procs)
+            ),
+            timeout=120,
+        )
+        exited = [proc.pid for proc in self.procs if proc.poll() is not None]
+        assert not exited, f"scheduler processes {exited} exited before starting:\n{self.log()}"
+        start = math.ceil(time.time() + lead)
+        until = start + seconds
+        partial = go.with_suffix(".tmp")
+        partial.write_text(json.dumps({"start": start, "until": until}))
+        partial.rename(go)  # the processes never read a half-written file
+        return start, until
+
     def wait(self, timeout: float = 120) -> None:
         """Wait for every process to stop by itself (each has its own end time)."""
         deadline = time.monotonic() + timeout
@@ -129,7 +159,7 @@ def use_tz(request, processes):
         yield request.param
 
 
-def _interval(job_id: str, start: float, seconds: float = 1, **extra: Any) -> dict[str, Any]:
+def _interval(job_id: str, start: float | None, seconds: float = 1, **extra: Any) -> dict[str, Any]:
     return {"id": job_id, "trigger": "interval", "seconds": seconds, "start": start, **extra}
 
 
@@ -153,12 +183,9 @@ def _runs(path: Path) -> list[tuple[int, float, float]]:
 
 def test_storm_every_fire_exactly_once(processes, use_tz):
     """4 processes, 50 jobs every second for about 20 s: no duplicate, no missed fire."""
-    start = math.ceil(time.time()) + 6  # after every process has started
-    until = start + 20
-    jobs = [_interval(f"interval-{i:02d}", start) for i in range(25)]
+    jobs = [_interval(f"interval-{i:02d}", None) for i in range(25)]  # start: when all are ready
     jobs += [{"id": f"cron-{i:02d}", "trigger": "cron", "second": "*"} for i in range(25)]
-    for _ in range(4):
-        processes.start({"jobs": jobs, "until": until})
+    start, until = processes.start_together([{"jobs": jobs}] * 4, seconds=20)
     processes.wait()
 
     events = read_lines(str(processes.events))
@@ -258,12 +285,9 @@ def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
 
 def test_max_instances_holds_across_processes(processes, tmp_path):
     """A max_instances=1 job running longer than its interval never runs twice at once."""
-    start = math.ceil(time.time()) + 6
-    until = start + 12
     runs = tmp_path / "overlap.jsonl"
-    job = _interval("overlap", start, 1, func="log_run", args=[str(runs), 2.5])
-    for _ in range(3):
-        processes.start({"jobs": [job], "until": until})
+    job = _interval("overlap", None, 1, func="log_run", args=[str(runs), 2.5])
+    processes.start_together([{"jobs": [job]}] * 3, seconds=12)
     processes.wait()
 
     done = sorted(_runs(runs), key=lambda run: run[1])
