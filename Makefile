@@ -2,7 +2,7 @@
 #
 #   make demo        run the example project's scheduler on SQLite (Ctrl-C stops it)
 #   make test        ruff, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
-#                    (the backends at the same time, each split in SHARDS; ~4 min)
+#                    (the backends at the same time, each split in SHARDS; 3-4 min)
 #   make lint        ruff check and ruff format --check
 #   make bench       the benchmarks on SQLite, PostgreSQL, MariaDB (~15 min; docs/benchmarks.md)
 #
