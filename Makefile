@@ -2,6 +2,7 @@
 #
 #   make demo        run the example project's scheduler on SQLite (Ctrl-C stops it)
 #   make test        ruff, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
+#                    (the backends at the same time, each split in SHARDS; 3-4 min)
 #   make lint        ruff check and ruff format --check
 #   make bench       the benchmarks on SQLite, PostgreSQL, MariaDB (~15 min; docs/benchmarks.md)
 #
@@ -11,7 +12,9 @@
 #   VENV=dir               the environment (default .venv, or .venv-py<PYTHON>-django<DJANGO>)
 #   BACKENDS=sqlite,...    the backends make test runs (default: all three)
 #   REQUIRE_BACKENDS=1     an unreachable database server fails instead of being skipped
-#   PARALLEL=1             run the backends at the same time (output printed at the end)
+#   PARALLEL=0             one backend after another, unsplit, output as it comes
+#                          (default 1: all at the same time, logs printed at the end)
+#   SHARDS=3               pytest runs per backend when parallel (1: no split)
 #   TEST_TIMEOUT=seconds   the most one pytest run may take
 #   ARGS="-k store -x"     passed to pytest
 #   DEMO_SECONDS=30        make demo stops after that many seconds
@@ -26,7 +29,8 @@ VENV ?= .venv-py$(notdir $(PYTHON))-django$(subst $(space),,$(subst <,,$(subst >
 endif
 BACKENDS ?= sqlite,postgres,mariadb
 REQUIRE_BACKENDS ?=
-PARALLEL ?=
+PARALLEL ?= 1
+SHARDS ?=
 TEST_TIMEOUT ?=
 ARGS ?=
 DEMO_SECONDS ?=
@@ -38,7 +42,7 @@ is_true = $(filter 1 yes true on,$(1))
 VPY = $(VENV)/bin/python
 TEST_FLAGS = --backends "$(BACKENDS)" \
 	$(if $(call is_true,$(REQUIRE_BACKENDS)),--require) \
-	$(if $(call is_true,$(PARALLEL)),--parallel) \
+	$(if $(call is_true,$(PARALLEL)),--parallel $(if $(SHARDS),--shards $(SHARDS)),--sequential) \
 	$(if $(TEST_TIMEOUT),--timeout $(TEST_TIMEOUT))
 
 .PHONY: help venv demo test lint format clean bench

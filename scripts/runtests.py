@@ -2,24 +2,37 @@
 
 ``make test`` calls this with the virtual environment's Python::
 
-    python scripts/runtests.py [--backends sqlite,postgres] [--require] [--parallel]
+    python scripts/runtests.py [--backends sqlite,postgres] [--require]
+                               [--sequential] [--shards N]
                                [--timeout SECONDS] [-- PYTEST ARGS...]
 
 1. ``ruff check`` and ``makemigrations --check --dry-run``;
-2. pytest once per backend, with ``DJANGO_APSCHEDULER_TEST_DB`` set to it.
+2. pytest on every backend, with ``DJANGO_APSCHEDULER_TEST_DB`` set to it.
 
 A PostgreSQL or MariaDB server that does not accept connections is skipped
 with the reason, unless ``--require`` is given: then it is a failure (CI).
-``--parallel`` runs the backends at the same time, each into a log file that
-is printed when all are done. A summary and a total line close the output; the
-exit status is non-zero if anything failed, including a pytest run that
-collected no tests. Standard library only (it runs before anything is checked).
+
+By default the backends run at the same time, and each backend's tests are
+split into ``--shards`` pytest runs (shards) that also run at the same time,
+each on a test database of its own. Most of the suite's time is spent
+waiting on real scheduler processes, not computing, so this is what makes
+the suite quick on two cores. The split is by test, balanced by how long
+each test took the last time (``.cache/test-durations/``, learned from every
+run) or, on a fresh clone, by ``scripts/test-durations.json``. Each shard
+writes a log file; they are printed when all are done. A run given test
+paths or node ids in its pytest arguments is not split. ``--sequential``
+runs one backend after another, unsplit, with the output on the terminal.
+
+A summary and a total line close the output; the exit status is non-zero if
+anything failed, including a pytest run that collected no tests. Standard
+library only (it runs before anything is checked).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import signal
@@ -31,6 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Sequence
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("sqlite", "postgres", "mariadb")
@@ -45,6 +59,7 @@ PYTEST_NO_TESTS = 5
 SUMMARY_LINE = re.compile(r"^=*\s*(?P<counts>.*?)\s+in\s+[\d.]+s\b.*$")
 COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+COLLECTED = re.compile(r"^(\d+)(?:/\d+)? tests? collected\b", re.MULTILINE)
 
 
 @dataclass
@@ -183,6 +198,108 @@ def finish_backend(
         step.status = "passed"
 
 
+DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
+DEFAULT_SECONDS = 0.5  # a test no durations file knows about
+DEFAULT_SHARDS = 3
+
+
+def collect(
+    pytest: list[str], env: dict[str, str], log: Path, timeout: float | None
+) -> list[str] | None:
+    """The node ids pytest would run with these arguments, or None if collecting failed.
+
+    A failed collection is not reported here: the unsplit run that follows
+    shows its error in full.
+    """
+    command = [*pytest, "--collect-only", "--verbosity=-1"]  # whatever -q or -v it was given
+    run = Run(command, env, log, echo=False)
+    code, _ = run.wait(None if timeout is None else run.started + timeout)
+    if code != 0:
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace")
+    nodes = [line.strip() for line in text.splitlines() if "::" in line]
+    # Split only what is sure to be every test: the count must match pytest's.
+    counted = COLLECTED.search(text)
+    if counted is None or int(counted[1]) != len(nodes):
+        return None
+    return nodes
+
+
+def load_durations(backend: str, cache: Path) -> dict[str, float]:
+    """Seconds per node id on ``backend``: the committed file's, then this checkout's last runs'."""
+    durations: dict[str, float] = {}
+    for path, key in ((DURATIONS_FILE, backend), (cache, None)):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        durations.update(data.get(key, {}) if key else data)
+    return durations
+
+
+def write_durations(backends: Sequence[str], cache_dir: Path) -> None:
+    """Store this checkout's learned durations as the committed defaults (--write-durations)."""
+    try:
+        data = json.loads(DURATIONS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    for backend in backends:
+        data[backend] = load_durations(backend, cache_dir / f"{backend}.json")
+    DURATIONS_FILE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"Wrote the test durations of {', '.join(backends)} to {DURATIONS_FILE}")
+
+
+def split(nodes: list[str], durations: dict[str, float], shards: int) -> list[list[str]]:
+    """``nodes`` in at most ``shards`` groups of about equal total duration.
+
+    The longest tests are placed first, each in the group with the least so
+    far; each group keeps the collection order (a module's tests together).
+    """
+    order = {node: index for index, node in enumerate(nodes)}
+    groups: list[tuple[float, int, list[str]]] = [(0.0, i, []) for i in range(shards)]
+    for node in sorted(nodes, key=lambda n: -durations.get(n, DEFAULT_SECONDS)):
+        total, index, members = min(groups)
+        members.append(node)
+        groups[index] = (total + durations.get(node, DEFAULT_SECONDS), index, members)
+    return [sorted(m, key=order.__getitem__) for _, _, m in groups if m]
+
+
+def junit_durations(path: Path, nodes: list[str]) -> dict[str, float]:
+    """Seconds per node id (setup, call and teardown) from a pytest JUnit XML report."""
+    by_key = {}
+    for node in nodes:
+        file, *parts = node.split("::")
+        classname = ".".join([file[: -len(".py")].replace("/", "."), *parts[:-1]])
+        by_key[(classname, parts[-1])] = node
+    try:
+        tree = ElementTree.parse(path)
+    except (OSError, ElementTree.ParseError):
+        return {}
+    found = {}
+    for case in tree.iter("testcase"):
+        node = by_key.get((case.get("classname", ""), case.get("name", "")))
+        if node is not None:
+            found[node] = round(float(case.get("time") or 0), 1)
+    return found
+
+
+def explicit_paths(pytest_args: Sequence[str]) -> bool:
+    """Whether the pytest arguments name tests (files, directories or node ids)."""
+    return any(
+        "::" in arg or arg.endswith(".py") or (not arg.startswith("-") and (ROOT / arg).exists())
+        for arg in pytest_args
+    )
+
+
+@dataclass
+class Shard:
+    name: str
+    step: Step
+    run: Run
+    nodes: list[str]
+    junit: Path | None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="Checks, then the test suite once per database backend."
@@ -197,7 +314,28 @@ def main() -> int:
         action="store_true",
         help="an unreachable database server fails instead of being skipped",
     )
-    parser.add_argument("--parallel", action="store_true", help="run the backends at the same time")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run the backends (and shards) at the same time: the default",
+    )
+    mode.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one backend after another, unsplit, output on the terminal",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=DEFAULT_SHARDS,
+        help="pytest runs per backend when parallel (default %(default)s; 1: no split)",
+    )
+    parser.add_argument(
+        "--write-durations",
+        action="store_true",
+        help=f"after the run, store the learned test durations in {DURATIONS_FILE.name}",
+    )
     parser.add_argument("--no-checks", action="store_true", help="skip ruff and makemigrations")
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds a pytest run may take at most"
@@ -207,6 +345,9 @@ def main() -> int:
     )
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (put them after --)")
     args = parser.parse_args()
+    parallel = not args.sequential
+    if args.shards < 1:
+        parser.error(f"--shards: at least 1 (got {args.shards})")
 
     backends = [b.strip() for b in args.backends.replace(" ", ",").split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -249,44 +390,137 @@ def main() -> int:
         )
 
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
-    if sys.stdout.isatty() and not args.parallel:
+    if sys.stdout.isatty() and not parallel:
         pytest.append("--color=yes")
     pytest += args.pytest_args
 
-    started: list[tuple[Step, Run | None]] = []
+    usable: list[str] = []
+    backend_steps: list[Step] = []
     for backend in backends:
         step = Step(backend)
+        backend_steps.append(step)
         problem = server_problem(backend)
         if problem:
             step.status = "FAILED" if args.require else "SKIPPED"
             step.detail = problem
             hint = "" if args.require else " (REQUIRE_BACKENDS=1 makes this an error)"
             print(f"\n{step.status} {backend}: {problem}{hint}", flush=True)
-            started.append((step, None))
-            continue
-        run_env = dict(env, DJANGO_APSCHEDULER_TEST_DB=backend)
-        log = logs / f"pytest-{backend}.log"
-        if not args.parallel:
-            print(f"\n=== pytest on {backend} ===", flush=True)
-        run = Run(pytest, run_env, log, echo=not args.parallel)
-        if args.parallel:
-            print(f"\nStarted pytest on {backend} (log: {log})", flush=True)
-            started.append((step, run))
         else:
+            usable.append(backend)
+
+    if not parallel:
+        for step in backend_steps:
+            if step.name not in usable:
+                continue
+            print(f"\n=== pytest on {step.name} ===", flush=True)
+            log = logs / f"pytest-{step.name}.log"
+            run = Run(pytest, dict(env, DJANGO_APSCHEDULER_TEST_DB=step.name), log, echo=True)
             code, seconds = wait_interruptibly(run, args.timeout)
             finish_backend(step, code, seconds, log, args.timeout)
-            started.append((step, None))
+    else:
+        run_parallel([s for s in backend_steps if s.name in usable], pytest, env, logs, args)
+    if args.write_durations:
+        write_durations(usable, ROOT / ".cache" / "test-durations")
+    return report(steps + backend_steps)
 
-    if args.parallel:
-        running = [(step, run) for step, run in started if run is not None]
-        for step, run in running:
-            code, seconds = wait_interruptibly(run, args.timeout, others=[r for _, r in running])
-            finish_backend(step, code, seconds, run.log, args.timeout)
-        for step, run in running:
-            print(f"\n=== pytest on {step.name}: {step.status} (log: {run.log}) ===")
-            sys.stdout.write(run.log.read_text(encoding="utf-8", errors="replace"))
-    steps += [step for step, _ in started]
-    return report(steps)
+
+def run_parallel(
+    steps: list[Step],
+    pytest: list[str],
+    env: dict[str, str],
+    logs: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Run every backend's shards at the same time; fill in each backend's step."""
+    shards_wanted = 1 if explicit_paths(args.pytest_args) else args.shards
+    suffix = env["DJANGO_APSCHEDULER_TEST_DB_SUFFIX"]
+    cache_dir = ROOT / ".cache" / "test-durations"
+    for old in [*logs.glob("pytest-*.log"), *logs.glob("junit-*.xml")]:
+        old.unlink()
+
+    # The node ids of each backend, collected at the same time (a second or two).
+    collected: dict[str, list[str] | None] = {}
+    if shards_wanted > 1:
+        threads = []
+        for step in steps:
+            run_env = dict(env, DJANGO_APSCHEDULER_TEST_DB=step.name)
+            log = logs / f"collect-{step.name}.log"
+
+            def work(name: str = step.name, e: dict[str, str] = run_env, lg: Path = log) -> None:
+                collected[name] = collect(pytest, e, lg, args.timeout)
+
+            threads.append(threading.Thread(target=work))
+            threads[-1].start()
+        for thread in threads:
+            thread.join()
+
+    shards: list[Shard] = []
+    for step in steps:
+        nodes = collected.get(step.name)
+        groups: list[list[str]] = [[]]
+        if nodes:
+            durations = load_durations(step.name, cache_dir / f"{step.name}.json")
+            groups = split(nodes, durations, min(shards_wanted, len(nodes)))
+        for index, group in enumerate(groups):
+            run_env = dict(env, DJANGO_APSCHEDULER_TEST_DB=step.name)
+            name = step.name
+            command = list(pytest)
+            junit = None
+            if len(groups) > 1:
+                name = f"{step.name}-{index + 1}"
+                run_env["DJANGO_APSCHEDULER_TEST_DB_SUFFIX"] = f"{suffix}_{index + 1}"
+                junit = logs / f"junit-{name}.xml"
+                command += [f"--junitxml={junit}", *group]
+            log = logs / f"pytest-{name}.log"
+            run = Run(command, run_env, log, echo=False)
+            tests = f", {len(group)} tests" if group else ""
+            print(f"\nStarted pytest on {name}{tests} (log: {log})", flush=True)
+            shards.append(Shard(name, step, run, group, junit))
+
+    runs = [shard.run for shard in shards]
+    results = []
+    for shard in shards:
+        code, seconds = wait_interruptibly(shard.run, args.timeout, others=runs)
+        part = Step(shard.step.name)
+        finish_backend(part, code, seconds, shard.run.log, args.timeout)
+        results.append((shard, part))
+
+    learned: dict[str, dict[str, float]] = {}
+    for shard, part in results:
+        status = part.status if not part.detail else f"{part.status}, {part.detail}"
+        print(f"\n=== pytest on {shard.run.log.stem[len('pytest-') :]}: {status} ===")
+        sys.stdout.write(shard.run.log.read_text(encoding="utf-8", errors="replace"))
+        if shard.junit is not None:
+            learned.setdefault(shard.step.name, {}).update(
+                junit_durations(shard.junit, shard.nodes)
+            )
+
+    for step in steps:
+        parts = [(shard.name, part) for shard, part in results if shard.step is step]
+        merge_parts(step, parts)
+        if learned.get(step.name) and not step.failed:
+            path = cache_dir / f"{step.name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            known = load_durations(step.name, path) if path.exists() else {}
+            known.update(learned[step.name])
+            path.write_text(json.dumps(known, indent=0, sort_keys=True), encoding="utf-8")
+
+
+def merge_parts(step: Step, parts: list[tuple[str, Step]]) -> None:
+    """One backend's result from its shards': summed counts, the longest time, any failure."""
+    step.seconds = max(part.seconds for _, part in parts)
+    for _, part in parts:
+        for word, number in part.counts.items():
+            step.counts[word] = step.counts.get(word, 0) + number
+    failures = [f"{name}: {part.detail}" for name, part in parts if part.failed]
+    step.status = "FAILED" if failures else "passed"
+    if len(parts) > 1:
+        failures.insert(0, f"{len(parts)} shards")
+    step.detail = (
+        "; ".join(failures)
+        if len(parts) > 1
+        else "; ".join(part.detail for _, part in parts if part.failed)
+    )
 
 
 def wait_interruptibly(

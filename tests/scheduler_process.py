@@ -9,6 +9,13 @@ submission (and every refusal or miss) as a JSON line to ``config["events"]``,
 so the test can check which process submitted which fire. The process stops
 at the epoch time ``config["until"]``.
 
+With ``config["go"]`` (a path) the process first gets ready (Django set up,
+its scheduler built), writes ``<go>.ready-<pid>``, then waits for the test to
+write ``go``: a JSON object whose ``start`` is the start of every interval job
+without one and whose ``until`` is the end. Several processes then start
+their schedule together however long each took to get ready, with no fixed
+head start in the test.
+
 Job functions used by the tests live here too; they write what they did to
 files, one line per event, so runs in any process can be compared.
 """
@@ -118,6 +125,19 @@ def _trigger(spec: dict[str, Any]) -> Any:
     raise ValueError(f"unknown trigger {kind!r}")
 
 
+def _wait_for_go(path: str, timeout: float = 300) -> dict[str, Any]:
+    """Say this process is ready, then wait for the test's go file; return what it holds."""
+    with open(f"{path}.ready-{os.getpid()}", "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no go file {path} within {timeout} s")
+        time.sleep(0.02)
+    with open(path) as file:
+        return json.load(file)
+
+
 def main(config: dict[str, Any]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import django
@@ -167,8 +187,12 @@ def main(config: dict[str, Any]) -> None:
     scheduler.add_listener(
         listener, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED
     )
+    if config.get("go"):
+        config = {**config, **_wait_for_go(config["go"])}
     module = sys.modules[__name__]
     for spec in config.get("jobs", []):
+        if spec["trigger"] == "interval" and spec.get("start") is None:
+            spec = {**spec, "start": config["start"]}
         scheduler.add_job(
             getattr(module, spec.get("func", "noop")),
             _trigger(spec),

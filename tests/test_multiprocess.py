@@ -79,6 +79,36 @@ class SchedulerProcesses:
         self.outputs.append(output)
         return proc.pid
 
+    def start_together(
+        self, configs: list[dict[str, Any]], seconds: float, lead: float = 2
+    ) -> tuple[int, int]:
+        """Start one process per config; once all are ready, begin their schedule together.
+
+        Interval jobs without a ``start`` start at the returned start, a whole
+        second ``lead`` s after the last process got ready (Django set up, its
+        scheduler built), and every process stops ``seconds`` later. Waiting on
+        the processes' ready files instead of a fixed head start keeps the
+        first fire on time however slow the machine is. Returns (start, until).
+        """
+        go = self.directory / "go.json"
+        for config in configs:
+            self.start({**config, "go": str(go)})
+        wait_until(
+            lambda: (
+                len(list(self.directory.glob("go.json.ready-*"))) == len(configs)
+                or any(proc.poll() is not None for proc in self.procs)
+            ),
+            timeout=120,
+        )
+        exited = [proc.pid for proc in self.procs if proc.poll() is not None]
+        assert not exited, f"scheduler processes {exited} exited before starting:\n{self.log()}"
+        start = math.ceil(time.time() + lead)
+        until = start + seconds
+        partial = go.with_suffix(".tmp")
+        partial.write_text(json.dumps({"start": start, "until": until}))
+        partial.rename(go)  # the processes never read a half-written file
+        return start, until
+
     def wait(self, timeout: float = 120) -> None:
         """Wait for every process to stop by itself (each has its own end time)."""
         deadline = time.monotonic() + timeout
@@ -129,7 +159,7 @@ def use_tz(request, processes):
         yield request.param
 
 
-def _interval(job_id: str, start: float, seconds: float = 1, **extra: Any) -> dict[str, Any]:
+def _interval(job_id: str, start: float | None, seconds: float = 1, **extra: Any) -> dict[str, Any]:
     return {"id": job_id, "trigger": "interval", "seconds": seconds, "start": start, **extra}
 
 
@@ -153,12 +183,9 @@ def _runs(path: Path) -> list[tuple[int, float, float]]:
 
 def test_storm_every_fire_exactly_once(processes, use_tz):
     """4 processes, 50 jobs every second for about 20 s: no duplicate, no missed fire."""
-    start = math.ceil(time.time()) + 6  # after every process has started
-    until = start + 20
-    jobs = [_interval(f"interval-{i:02d}", start) for i in range(25)]
+    jobs = [_interval(f"interval-{i:02d}", None) for i in range(25)]  # start: when all are ready
     jobs += [{"id": f"cron-{i:02d}", "trigger": "cron", "second": "*"} for i in range(25)]
-    for _ in range(4):
-        processes.start({"jobs": jobs, "until": until})
+    start, until = processes.start_together([{"jobs": jobs}] * 4, seconds=20)
     processes.wait()
 
     events = read_lines(str(processes.events))
@@ -194,15 +221,26 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
 
 
 def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
-    """SIGKILL the process running a long job: another takes the job over; its run is Interrupted."""
+    """SIGKILL the process running a long job: another takes the job over; its run is Interrupted.
+
+    The processes run with a lease of 4 s (a heartbeat of 1 s, a poll of 1 s)
+    instead of the defaults' 10 s, so the takeover, which waits for the
+    lease to lapse, comes sooner and the test can be 20 s shorter; what it
+    asserts is relative to these settings.
+    """
+    timing = {
+        "APSCHEDULER_LEASE_TIME": 4,
+        "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
+        "APSCHEDULER_POLL_INTERVAL": 1,
+    }
     start = math.ceil(time.time()) + 6
-    until = start + 40
+    until = start + 20
     runs = tmp_path / "long.jsonl"
     jobs = [
         _interval("long", start, 2, func="run_until", args=[str(runs), until - 2]),
         *[_interval(f"tick-{i}", start) for i in range(5)],
     ]
-    pids = [processes.start({"jobs": jobs, "until": until}) for _ in range(3)]
+    pids = [processes.start({"jobs": jobs, "until": until}, timing) for _ in range(3)]
 
     first = wait_until(lambda: read_lines(str(runs)), timeout=30)[0]
     victim = first["pid"]
@@ -215,8 +253,8 @@ def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
         starts = [r for r in read_lines(str(runs)) if r["pid"] != victim]
         return starts[0] if starts else None
 
-    lease = conf.get("APSCHEDULER_LEASE_TIME")
-    poll = conf.get("APSCHEDULER_POLL_INTERVAL")
+    lease = timing["APSCHEDULER_LEASE_TIME"]
+    poll = timing["APSCHEDULER_POLL_INTERVAL"]
     takeover = wait_until(taken_over, timeout=lease + poll + 20)["t"] - killed_at
     print(
         f"\nfailover on {connection.vendor}: the long job restarted {takeover:.1f} s after SIGKILL"
@@ -261,12 +299,9 @@ def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
 
 def test_max_instances_holds_across_processes(processes, tmp_path):
     """A max_instances=1 job running longer than its interval never runs twice at once."""
-    start = math.ceil(time.time()) + 6
-    until = start + 12
     runs = tmp_path / "overlap.jsonl"
-    job = _interval("overlap", start, 1, func="log_run", args=[str(runs), 2.5])
-    for _ in range(3):
-        processes.start({"jobs": [job], "until": until})
+    job = _interval("overlap", None, 1, func="log_run", args=[str(runs), 2.5])
+    processes.start_together([{"jobs": [job]}] * 3, seconds=12)
     processes.wait()
 
     done = sorted(_runs(runs), key=lambda run: run[1])
