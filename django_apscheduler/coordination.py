@@ -117,11 +117,12 @@ def claim_due(
             for job_id, state, version, nrt in rows.values_list(
                 "id", "job_state", "version", "next_run_time"
             )
+            if nrt is not None  # always: the filter asks for next_run_time__lte
         ]
         if not exact:
-            due = [(_instant(c.next_run_time, c.job_state), c) for c in claims]
-            due = [(util.utc(at), c) for at, c in due if at is not None]
-            due = [(at, c) for at, c in due if at <= util.utc(due_by)]
+            instants = [(_instant(c.next_run_time, c.job_state), c) for c in claims]
+            known = [(util.utc(at), c) for at, c in instants if at is not None]
+            due = [(at, c) for at, c in known if at <= util.utc(due_by)]
             claims = [c for _, c in sorted(due, key=lambda item: (item[0], item[1].job_id))]
             claims = claims[:limit]
         if claims:
@@ -283,7 +284,7 @@ class Coordinator:
         # Jobs whose write-back waits for another session's row lock: claims kept.
         self.deferred: set[str] = set()
         # Jobs running here whose claim another instance holds (logged once each).
-        self._lost_logged: dict[str, str] = {}
+        self._lost_logged: dict[str, str | None] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()

@@ -175,6 +175,7 @@ def declared_by_live_instances(using: str) -> dict[str, dict[str, str | None]]:
     found: dict[str, dict[str, str | None]] = {}
     rows = DjangoSchedulerInstance.objects.using(using).alive().values_list("id", "declared_ids")
     for instance, declared_ids in rows:
+        items: Iterable[tuple[str, str | None]]
         if isinstance(declared_ids, dict):
             items = declared_ids.items()
         else:  # a plain list of ids: fingerprints unknown

@@ -5,7 +5,7 @@
     python scripts/runtests.py [--backends sqlite,postgres] [--require] [--parallel]
                                [--timeout SECONDS] [-- PYTEST ARGS...]
 
-1. ``ruff check`` and ``makemigrations --check --dry-run``;
+1. ``ruff check``, ``mypy django_apscheduler`` and ``makemigrations --check --dry-run``;
 2. pytest once per backend, with ``DJANGO_APSCHEDULER_TEST_DB`` set to it.
 
 A PostgreSQL or MariaDB server that does not accept connections is skipped
@@ -198,7 +198,9 @@ def main() -> int:
         help="an unreachable database server fails instead of being skipped",
     )
     parser.add_argument("--parallel", action="store_true", help="run the backends at the same time")
-    parser.add_argument("--no-checks", action="store_true", help="skip ruff and makemigrations")
+    parser.add_argument(
+        "--no-checks", action="store_true", help="skip ruff, mypy and makemigrations"
+    )
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds a pytest run may take at most"
     )
@@ -230,6 +232,15 @@ def main() -> int:
     if not args.no_checks:
         steps.append(
             run_check("ruff check", [sys.executable, "-m", "ruff", "check", "."], env, logs)
+        )
+        # The django-stubs plugin imports tests.settings: on SQLite, no server is needed.
+        steps.append(
+            run_check(
+                "mypy",
+                [sys.executable, "-m", "mypy", "django_apscheduler"],
+                dict(env, DJANGO_APSCHEDULER_TEST_DB="sqlite"),
+                logs,
+            )
         )
         steps.append(
             run_check(
