@@ -61,7 +61,7 @@ HOUSEKEEPING_RETRY_TIMEOUT = 5.0
 
 
 def lease_time() -> timedelta:
-    return timedelta(seconds=float(conf.get("APSCHEDULER_LEASE_TIME")))
+    return timedelta(seconds=conf.lease_time())
 
 
 def new_instance_id() -> str:
@@ -446,9 +446,9 @@ class Coordinator:
         self._store._run(register, "register the scheduler instance")
 
     def _housekeep(self) -> None:
-        poll = float(conf.get("APSCHEDULER_POLL_INTERVAL"))
-        beat = float(conf.get("APSCHEDULER_HEARTBEAT_INTERVAL"))
-        reap = max(float(conf.get("APSCHEDULER_LEASE_TIME")), beat)
+        poll = conf.poll_interval()
+        beat = conf.heartbeat_interval()
+        reap = max(conf.lease_time(), beat)
         now = time.monotonic()
         next_poll, next_beat, next_reap = now + poll, now + beat, now + beat
         try:
@@ -684,9 +684,7 @@ class Coordinator:
             )
             if listener is not None:
                 self._close_listener()
-                self._listen_retry_at = time.monotonic() + float(
-                    conf.get("APSCHEDULER_POLL_INTERVAL")
-                )
+                self._listen_retry_at = time.monotonic() + conf.poll_interval()
             self._stopping.wait(timeout)
             return False
         if self._wake_reader in readable:
@@ -710,7 +708,7 @@ class Coordinator:
         try:
             self._listener = backends.for_alias(using).listener(using)
         except Exception as exc:
-            self._listen_retry_at = time.monotonic() + float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+            self._listen_retry_at = time.monotonic() + conf.poll_interval()
             logger.warning("Cannot listen for job changes (polling meanwhile): %s", exc)
             return None
         if self._listener is None:  # the database has no notifications: poll only

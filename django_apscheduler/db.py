@@ -49,7 +49,7 @@ def run_resiliently(
     transaction, propagate at once.
     """
     backend = backends.for_alias(using)
-    limit = conf.get("APSCHEDULER_DB_RETRY_TIMEOUT") if timeout is None else timeout
+    limit = conf.db_retry_timeout() if timeout is None else timeout
     started = time.monotonic()
     pause = _FIRST_PAUSE
     attempt = 0

@@ -144,7 +144,7 @@ def _path(func: Callable[..., Any]) -> str:
 
 def discover() -> dict[str, Declaration]:
     """Import every installed app's jobs module; return every declaration, by id."""
-    autodiscover_modules(conf.get("APSCHEDULER_JOBS_MODULE"))
+    autodiscover_modules(conf.jobs_module())
     with _lock:
         return dict(_registry)
 

@@ -585,7 +585,7 @@ FAILURES = frozenset(
 
 def _logged(record: Record) -> bool:
     """Whether ``APSCHEDULER_EXECUTION_LOG`` wants ``record`` in the log."""
-    policy = conf.get("APSCHEDULER_EXECUTION_LOG")
+    policy = conf.execution_log()
     if policy == "none":
         return False
     if policy == "failures":

@@ -353,7 +353,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         ``APSCHEDULER_DISPATCH_BATCH_SIZE``; an executor whose threads cannot be
         counted gets the cap.
         """
-        limit = int(conf.get("APSCHEDULER_DISPATCH_BATCH_SIZE"))
+        limit = conf.dispatch_batch_size()
         executor = getattr(self._scheduler, "_executors", {}).get("default")
         workers = getattr(getattr(executor, "_pool", None), "_max_workers", None)
         if not isinstance(workers, int):
@@ -641,7 +641,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
     def _saturated_wake_time(self) -> datetime:
         """When a scheduler with no free thread looks again at jobs that are already due."""
-        poll = float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+        poll = conf.poll_interval()
         return (timezone.now() + timedelta(seconds=poll)).astimezone(self._scheduler.timezone)
 
     def get_all_jobs(self) -> list[Job]:

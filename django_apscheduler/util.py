@@ -42,7 +42,7 @@ STORED_PRECISION = timedelta(seconds=1)
 
 def get_dt_format() -> str:
     """Return the date format used to show datetimes (``APSCHEDULER_DATETIME_FORMAT``)."""
-    return formats.get_format(conf.get("APSCHEDULER_DATETIME_FORMAT"))
+    return formats.get_format(conf.datetime_format())
 
 
 def get_local_dt_format(dt: datetime) -> str:
