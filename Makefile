@@ -1,9 +1,9 @@
 # Development commands. Each one creates or updates its virtual environment first.
 #
 #   make demo        run the example project's scheduler on SQLite (Ctrl-C stops it)
-#   make test        ruff, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
+#   make test        ruff, mypy, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
 #                    (the backends at the same time, each split in SHARDS; 3-4 min)
-#   make lint        ruff check and ruff format --check
+#   make lint        ruff check, ruff format --check and mypy
 #   make bench       the benchmarks on SQLite, PostgreSQL, MariaDB (~15 min; docs/benchmarks.md)
 #
 # Variables:
@@ -66,10 +66,11 @@ bench: venv
 lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
+	DJANGO_APSCHEDULER_TEST_DB=sqlite $(VPY) -m mypy django_apscheduler
 
 format: venv
 	$(VPY) -m ruff check --fix .
 	$(VPY) -m ruff format .
 
 clean:
-	rm -rf .venv .venv-py* .cache .pytest_cache .ruff_cache django_apscheduler.egg-info
+	rm -rf .venv .venv-py* .cache .pytest_cache .ruff_cache .mypy_cache django_apscheduler.egg-info

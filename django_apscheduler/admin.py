@@ -148,10 +148,10 @@ class DjangoJobAdmin(admin.ModelAdmin):
         running then go on in the background. The jobs' schedules are not
         changed. Requires the "change" permission on jobs.
         """
-        timeout = conf.get("APSCHEDULER_RUN_NOW_TIMEOUT")
+        timeout = conf.run_now_timeout()
         job_ids = list(queryset.order_by("id").values_list("id", flat=True))
         logger.info("User %r runs jobs %s now", getattr(request.user, "pk", None), job_ids)
-        outcomes = run_now.run_jobs_now(job_ids, timeout=float(timeout))
+        outcomes = run_now.run_jobs_now(job_ids, timeout=timeout)
         self.message_outcomes(request, outcomes, timeout)
 
     def message_outcomes(

@@ -10,5 +10,5 @@ class DjangoApschedulerConfig(AppConfig):
     def ready(self) -> None:
         from django_apscheduler import checks, conf, runner  # noqa: F401 (checks registers)
 
-        if conf.get("APSCHEDULER_AUTOSTART") is True and runner.autostart_wanted():
+        if conf.autostart() and runner.autostart_wanted():
             runner.autostart()

@@ -12,10 +12,16 @@ import logging
 import os
 import socket
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections, transaction
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
+
+if TYPE_CHECKING:
+    from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteDatabaseWrapper
+
+#: The model of the rows a locking queryset selects (the lock methods return the same kind).
+M = TypeVar("M", bound=Model)
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +288,7 @@ class Backend:
         """
         return isinstance(exc, InterfaceError)
 
-    def lock_unclaimed(self, queryset: QuerySet, using: str) -> QuerySet:
+    def lock_unclaimed(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
         """Lock the rows ``queryset`` selects for writing, skipping rows another transaction holds.
 
         Used inside :meth:`write_transaction` to claim due jobs: two schedulers
@@ -294,7 +300,9 @@ class Backend:
             return self.lock_for_write(queryset, using)
         return self.lock_for_write(queryset, using, skip_locked=True)
 
-    def lock_for_write(self, queryset: QuerySet, using: str, skip_locked: bool = False) -> QuerySet:
+    def lock_for_write(
+        self, queryset: QuerySet[M], using: str, skip_locked: bool = False
+    ) -> QuerySet[M]:
         """Lock the rows ``queryset`` selects until the commit, to update them.
 
         The lock does not stop other transactions from adding execution rows
@@ -304,7 +312,7 @@ class Backend:
             return queryset
         return queryset.select_for_update(skip_locked=skip_locked)
 
-    def lock_for_removal(self, queryset: QuerySet, using: str) -> QuerySet:
+    def lock_for_removal(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
         """Lock the rows ``queryset`` selects, to delete them, against everything else.
 
         Rows referring to them that other transactions add meanwhile then fail
@@ -366,7 +374,9 @@ class PostgreSQLBackend(Backend):
         severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", None)
         return severity in ("FATAL", "PANIC")
 
-    def lock_for_write(self, queryset: QuerySet, using: str, skip_locked: bool = False) -> QuerySet:
+    def lock_for_write(
+        self, queryset: QuerySet[M], using: str, skip_locked: bool = False
+    ) -> QuerySet[M]:
         # FOR NO KEY UPDATE, the lock an UPDATE takes: it does not conflict
         # with the key-share locks of the foreign-key checks of executions being
         # logged, so dispatching and logging do not wait for each other.
@@ -464,17 +474,19 @@ class SQLiteBackend(Backend):
         def begin_immediate() -> None:
             conn.cursor().execute("BEGIN IMMEDIATE")
 
-        conn._start_transaction_under_autocommit = begin_immediate  # type: ignore[method-assign]
+        # A private hook of Django's SQLite backend, absent from django-stubs.
+        conn._start_transaction_under_autocommit = begin_immediate  # type: ignore[attr-defined]
         try:
             atomic = transaction.atomic(using=using)
             atomic.__enter__()
         finally:
-            del conn._start_transaction_under_autocommit
+            del conn._start_transaction_under_autocommit  # type: ignore[attr-defined]
         try:
             yield
         except BaseException as exc:
-            if not atomic.__exit__(type(exc), exc, exc.__traceback__):
-                raise
+            # Atomic.__exit__ never suppresses an exception (it returns None).
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         else:
             atomic.__exit__(None, None, None)
 
@@ -488,7 +500,7 @@ class SQLiteBackend(Backend):
 
     def run_lock_session(self, using: str) -> RunLockSession:
         """File locks beside the database file; process-local for an in-memory database."""
-        conn = connections[using]
+        conn = cast("SQLiteDatabaseWrapper", connections[using])
         name = str(conn.settings_dict.get("NAME") or "")
         if conn.is_in_memory_db() or not name:
             return _LocalRunLockSession()

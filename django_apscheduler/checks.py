@@ -31,7 +31,7 @@ def check_declared_executors(app_configs: Any = None, **kwargs: Any) -> list[che
     """
     from django_apscheduler import declared
 
-    found = []
+    found: list[checks.CheckMessage] = []
     for declaration in declared.discover().values():
         problem = conf.executor_problem(
             declaration.id, declaration.options.get("executor", "default")

@@ -1,14 +1,19 @@
 """The package's settings, read from ``django.conf.settings`` with their defaults.
 
 Every setting is read at the moment it is needed, so ``override_settings`` in
-tests and changes at start-up are honoured.
+tests and changes at start-up are honoured. The library reads each setting
+through its typed accessor below (``lease_time()``, ``threads()``...);
+:func:`get` returns the raw value, for the system checks and generic code.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from datetime import tzinfo
+from typing import Any, Literal
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 #: Defaults of every ``APSCHEDULER_*`` setting this app reads.
 DEFAULTS: dict[str, Any] = {
@@ -63,12 +68,120 @@ DEFAULTS: dict[str, Any] = {
 #: "now" is not reported missed because it reached the scheduler a poll later.
 JOB_DEFAULTS: dict[str, Any] = {"misfire_grace_time": 30, "coalesce": True, "max_instances": 1}
 
-EXECUTION_LOG_CHOICES = ("all", "failures", "none")
+#: The values of ``APSCHEDULER_EXECUTION_LOG``.
+ExecutionLog = Literal["all", "failures", "none"]
+EXECUTION_LOG_CHOICES: tuple[ExecutionLog, ...] = ("all", "failures", "none")
 
 
 def get(name: str) -> Any:
     """Return the value of setting ``name``, or its default."""
     return getattr(settings, name, DEFAULTS[name])
+
+
+def _misconfigured(name: str, expected: str, value: Any) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"{name} must be {expected}; it is {value!r}. Fix it in your settings "
+        "(`python manage.py check` lists every problem of the APSCHEDULER_* settings)."
+    )
+
+
+def _float(name: str) -> float:
+    """Setting ``name`` as a float (what ``float()`` accepts, as the library always read it)."""
+    value = get(name)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _misconfigured(name, "a number", value) from None
+
+
+def _int(name: str) -> int:
+    """Setting ``name`` as an int (what ``int()`` accepts)."""
+    value = get(name)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise _misconfigured(name, "an integer", value) from None
+
+
+def datetime_format() -> str:
+    """``APSCHEDULER_DATETIME_FORMAT``: the Django date format of datetimes in the admin."""
+    return str(get("APSCHEDULER_DATETIME_FORMAT"))  # a lazy translation string too
+
+
+def run_now_timeout() -> float:
+    """``APSCHEDULER_RUN_NOW_TIMEOUT``: seconds "run now" waits for the jobs."""
+    return _float("APSCHEDULER_RUN_NOW_TIMEOUT")
+
+
+def db_retry_timeout() -> float:
+    """``APSCHEDULER_DB_RETRY_TIMEOUT``: seconds a store operation retries a lost connection."""
+    return _float("APSCHEDULER_DB_RETRY_TIMEOUT")
+
+
+def lease_time() -> float:
+    """``APSCHEDULER_LEASE_TIME``: seconds an instance holds a job it has taken."""
+    return _float("APSCHEDULER_LEASE_TIME")
+
+
+def heartbeat_interval() -> float:
+    """``APSCHEDULER_HEARTBEAT_INTERVAL``: seconds between two heartbeats of an instance."""
+    return _float("APSCHEDULER_HEARTBEAT_INTERVAL")
+
+
+def poll_interval() -> float:
+    """``APSCHEDULER_POLL_INTERVAL``: seconds between two looks for jobs changed elsewhere."""
+    return _float("APSCHEDULER_POLL_INTERVAL")
+
+
+def dispatch_batch_size() -> int:
+    """``APSCHEDULER_DISPATCH_BATCH_SIZE``: most due jobs one dispatch round takes."""
+    return _int("APSCHEDULER_DISPATCH_BATCH_SIZE")
+
+
+def threads() -> int:
+    """``APSCHEDULER_THREADS``: threads of the default executor of the schedulers we build."""
+    return _int("APSCHEDULER_THREADS")
+
+
+def processes() -> int:
+    """``APSCHEDULER_PROCESSES``: processes of the "processpool" executor; 0: none."""
+    return _int("APSCHEDULER_PROCESSES")
+
+
+def execution_log() -> ExecutionLog:
+    """``APSCHEDULER_EXECUTION_LOG``: which runs are logged.
+
+    An unknown value logs every run, as before typed settings (system check
+    ``django_apscheduler.E003`` reports it).
+    """
+    value = get("APSCHEDULER_EXECUTION_LOG")
+    if value == "failures":
+        return "failures"
+    if value == "none":
+        return "none"
+    return "all"
+
+
+def execution_retention() -> float | None:
+    """``APSCHEDULER_EXECUTION_RETENTION``: seconds logged runs are kept; None: for ever."""
+    if get("APSCHEDULER_EXECUTION_RETENTION") is None:
+        return None
+    return _float("APSCHEDULER_EXECUTION_RETENTION")
+
+
+def autostart() -> bool:
+    """``APSCHEDULER_AUTOSTART``: only ``True`` itself starts a scheduler in web processes."""
+    return get("APSCHEDULER_AUTOSTART") is True
+
+
+def shutdown_timeout() -> float:
+    """``APSCHEDULER_SHUTDOWN_TIMEOUT``: seconds runapscheduler waits for running jobs."""
+    return _float("APSCHEDULER_SHUTDOWN_TIMEOUT")
+
+
+def jobs_module() -> str:
+    """``APSCHEDULER_JOBS_MODULE``: the module of each app that declares jobs in code."""
+    return str(get("APSCHEDULER_JOBS_MODULE"))  # system check E007 reports a non-name
 
 
 def _number(name: str, *, minimum: float, allow_none: bool = False) -> str | None:
@@ -153,14 +266,23 @@ def problems() -> list[tuple[str, str, str]]:
     return found
 
 
-def timezone_name() -> Any:
-    """The time zone of the schedulers this app builds."""
-    return get("APSCHEDULER_TIMEZONE") or getattr(settings, "TIME_ZONE", None) or "UTC"
+def timezone_name() -> str | tzinfo:
+    """The time zone of the schedulers this app builds.
+
+    ``APSCHEDULER_TIMEZONE`` (a name or a ``tzinfo``), else Django's ``TIME_ZONE``.
+    """
+    value: str | tzinfo = (
+        get("APSCHEDULER_TIMEZONE") or getattr(settings, "TIME_ZONE", None) or "UTC"
+    )
+    return value
 
 
 def job_defaults() -> dict[str, Any]:
     """Our job defaults with ``APSCHEDULER_JOB_DEFAULTS`` applied."""
-    return {**JOB_DEFAULTS, **get("APSCHEDULER_JOB_DEFAULTS")}
+    overrides = get("APSCHEDULER_JOB_DEFAULTS")
+    if not isinstance(overrides, Mapping):
+        raise _misconfigured("APSCHEDULER_JOB_DEFAULTS", "a dict", overrides)
+    return {**JOB_DEFAULTS, **overrides}
 
 
 def runner_executors() -> list[str]:
@@ -170,8 +292,8 @@ def runner_executors() -> list[str]:
     ``APSCHEDULER_PROCESSES`` is above 0.
     """
     names = ["default"]
-    processes = get("APSCHEDULER_PROCESSES")
-    if isinstance(processes, int) and not isinstance(processes, bool) and processes > 0:
+    count = get("APSCHEDULER_PROCESSES")  # raw: a misconfigured value adds no pool here
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
         names.append("processpool")
     return names
 

@@ -61,7 +61,7 @@ HOUSEKEEPING_RETRY_TIMEOUT = 5.0
 
 
 def lease_time() -> timedelta:
-    return timedelta(seconds=float(conf.get("APSCHEDULER_LEASE_TIME")))
+    return timedelta(seconds=conf.lease_time())
 
 
 def new_instance_id() -> str:
@@ -117,11 +117,12 @@ def claim_due(
             for job_id, state, version, nrt in rows.values_list(
                 "id", "job_state", "version", "next_run_time"
             )
+            if nrt is not None  # always: the filter asks for next_run_time__lte
         ]
         if not exact:
-            due = [(_instant(c.next_run_time, c.job_state), c) for c in claims]
-            due = [(util.utc(at), c) for at, c in due if at is not None]
-            due = [(at, c) for at, c in due if at <= util.utc(due_by)]
+            instants = [(_instant(c.next_run_time, c.job_state), c) for c in claims]
+            known = [(util.utc(at), c) for at, c in instants if at is not None]
+            due = [(at, c) for at, c in known if at <= util.utc(due_by)]
             claims = [c for _, c in sorted(due, key=lambda item: (item[0], item[1].job_id))]
             claims = claims[:limit]
         if claims:
@@ -283,7 +284,7 @@ class Coordinator:
         # Jobs whose write-back waits for another session's row lock: claims kept.
         self.deferred: set[str] = set()
         # Jobs running here whose claim another instance holds (logged once each).
-        self._lost_logged: dict[str, str] = {}
+        self._lost_logged: dict[str, str | None] = {}
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -445,9 +446,9 @@ class Coordinator:
         self._store._run(register, "register the scheduler instance")
 
     def _housekeep(self) -> None:
-        poll = float(conf.get("APSCHEDULER_POLL_INTERVAL"))
-        beat = float(conf.get("APSCHEDULER_HEARTBEAT_INTERVAL"))
-        reap = max(float(conf.get("APSCHEDULER_LEASE_TIME")), beat)
+        poll = conf.poll_interval()
+        beat = conf.heartbeat_interval()
+        reap = max(conf.lease_time(), beat)
         now = time.monotonic()
         next_poll, next_beat, next_reap = now + poll, now + beat, now + beat
         try:
@@ -683,9 +684,7 @@ class Coordinator:
             )
             if listener is not None:
                 self._close_listener()
-                self._listen_retry_at = time.monotonic() + float(
-                    conf.get("APSCHEDULER_POLL_INTERVAL")
-                )
+                self._listen_retry_at = time.monotonic() + conf.poll_interval()
             self._stopping.wait(timeout)
             return False
         if self._wake_reader in readable:
@@ -709,7 +708,7 @@ class Coordinator:
         try:
             self._listener = backends.for_alias(using).listener(using)
         except Exception as exc:
-            self._listen_retry_at = time.monotonic() + float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+            self._listen_retry_at = time.monotonic() + conf.poll_interval()
             logger.warning("Cannot listen for job changes (polling meanwhile): %s", exc)
             return None
         if self._listener is None:  # the database has no notifications: poll only

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Iterable, TypeVar
 
 from django.db import DatabaseError, connections
-from django.db.models import Model
+from django.db.models import Field, Model
 
 from django_apscheduler import backends, conf
 
@@ -49,7 +49,7 @@ def run_resiliently(
     transaction, propagate at once.
     """
     backend = backends.for_alias(using)
-    limit = conf.get("APSCHEDULER_DB_RETRY_TIMEOUT") if timeout is None else timeout
+    limit = conf.db_retry_timeout() if timeout is None else timeout
     started = time.monotonic()
     pause = _FIRST_PAUSE
     attempt = 0
@@ -100,18 +100,18 @@ def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: l
     connection = connections[using]
     meta = model._meta
     quote = connection.ops.quote_name
-    columns = [meta.get_field(name) for name in fields]
+    columns = [_column(model, name) for name in fields]
     pk = meta.pk
-    assert pk is not None
+    assert pk is not None and pk.column is not None
     sql = "UPDATE {} SET {} WHERE {} = %s".format(
         quote(meta.db_table),
-        ", ".join(f"{quote(field.column)} = %s" for field in columns),
+        ", ".join(f"{quote(column)} = %s" for _, column in columns),
         quote(pk.column),
     )
     params: list[list[Any]] = []
     for row in rows:
         values = [
-            field.get_db_prep_save(getattr(row, field.attname), connection) for field in columns
+            field.get_db_prep_save(getattr(row, field.attname), connection) for field, _ in columns
         ]
         values.append(pk.get_db_prep_value(row.pk, connection))
         params.append(values)
@@ -119,3 +119,14 @@ def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: l
         with connection.cursor() as cursor:
             cursor.executemany(sql, params)
     return len(params)
+
+
+def _column(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:
+    """The field ``name`` of ``model`` and its column, for :func:`update_rows`."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field) or field.column is None:
+        raise ValueError(
+            f"update_rows: {model.__name__}.{name} has no column of its own; "
+            "pass only the names of concrete fields."
+        )
+    return field, field.column

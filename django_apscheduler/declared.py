@@ -144,7 +144,7 @@ def _path(func: Callable[..., Any]) -> str:
 
 def discover() -> dict[str, Declaration]:
     """Import every installed app's jobs module; return every declaration, by id."""
-    autodiscover_modules(conf.get("APSCHEDULER_JOBS_MODULE"))
+    autodiscover_modules(conf.jobs_module())
     with _lock:
         return dict(_registry)
 
@@ -175,6 +175,7 @@ def declared_by_live_instances(using: str) -> dict[str, dict[str, str | None]]:
     found: dict[str, dict[str, str | None]] = {}
     rows = DjangoSchedulerInstance.objects.using(using).alive().values_list("id", "declared_ids")
     for instance, declared_ids in rows:
+        items: Iterable[tuple[str, str | None]]
         if isinstance(declared_ids, dict):
             items = declared_ids.items()
         else:  # a plain list of ids: fingerprints unknown

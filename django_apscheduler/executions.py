@@ -516,7 +516,7 @@ class ExecutionRecorder:
                     # Runs come in bursts (a dispatch round, then their ends):
                     # a moment's wait makes one transaction of many records.
                     self._cond.wait(LINGER)
-                batch = []
+                batch: list[Record] = []
                 while self._queue and len(batch) < BATCH_SIZE and self._queue[0] is not _CLOSE:
                     batch.append(self._queue.popleft())
                 close = not batch and self._queue.popleft() is _CLOSE
@@ -585,7 +585,7 @@ FAILURES = frozenset(
 
 def _logged(record: Record) -> bool:
     """Whether ``APSCHEDULER_EXECUTION_LOG`` wants ``record`` in the log."""
-    policy = conf.get("APSCHEDULER_EXECUTION_LOG")
+    policy = conf.execution_log()
     if policy == "none":
         return False
     if policy == "failures":

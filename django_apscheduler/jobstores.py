@@ -102,6 +102,7 @@ def validate_job_id(job_id: Any) -> None:
     if not isinstance(job_id, str):
         raise InvalidJobIdError(job_id, f"ids are strings, not {type(job_id).__name__}")
     longest = DjangoJob._meta.get_field("id").max_length
+    assert isinstance(longest, int), "DjangoJob.id is a CharField with a max_length"
     if not job_id:
         raise InvalidJobIdError(job_id, "ids are not empty")
     if len(job_id) > longest:
@@ -354,7 +355,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         ``APSCHEDULER_DISPATCH_BATCH_SIZE``; an executor whose threads cannot be
         counted gets the cap.
         """
-        limit = int(conf.get("APSCHEDULER_DISPATCH_BATCH_SIZE"))
+        limit = conf.dispatch_batch_size()
         executor = getattr(self._scheduler, "_executors", {}).get("default")
         workers = getattr(getattr(executor, "_pool", None), "_max_workers", None)
         if not isinstance(workers, int):
@@ -638,7 +639,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
     def _saturated_wake_time(self) -> datetime:
         """When a scheduler with no free thread looks again at jobs that are already due."""
-        poll = float(conf.get("APSCHEDULER_POLL_INTERVAL"))
+        poll = conf.poll_interval()
         return (timezone.now() + timedelta(seconds=poll)).astimezone(self._scheduler.timezone)
 
     def get_all_jobs(self) -> list[Job]:
@@ -667,21 +668,23 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             except IntegrityError:
                 with backend.write_transaction(using):
                     rows = DjangoJob.objects.using(using).filter(id=job.id)
-                    row = backend.lock_for_write(rows, using).first()
-                    if row is None:
+                    existing = backend.lock_for_write(rows, using).first()
+                    if existing is None:
                         raise
-                    if not row.job_state and _in_declared_sync() and not _fires_ahead(job):
+                    if not existing.job_state and _in_declared_sync() and not _fires_ahead(job):
                         # A declared one-shot job that has run: it stays finished.
-                        return row
-                    if not row.job_state or (attempts > 1 and bytes(row.job_state) == state):
+                        return existing
+                    if not existing.job_state or (
+                        attempts > 1 and bytes(existing.job_state) == state
+                    ):
                         # A finished one-shot job's record, or our own insert whose
                         # commit was confirmed only by this retry: take it over.
-                        row.next_run_time, row.job_state = next_run_time, state
-                        row.acquired_by = row.acquired_until = None
-                        row.version = (row.version or 0) + 1
-                        row.save(using=using)
+                        existing.next_run_time, existing.job_state = next_run_time, state
+                        existing.acquired_by = existing.acquired_until = None
+                        existing.version = (existing.version or 0) + 1
+                        existing.save(using=using)
                         backend.notify(using)
-                        return row
+                        return existing
                 self._replacing.job = job
                 raise ConflictingIdError(job.id) from None
 
@@ -828,7 +831,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     if wb.claim is not None
                     and current.get(wb.job_id) == (wb.claim.version, instance)
                 ]
-                rows = [
+                updated = [
                     DjangoJob(
                         id=wb.job_id,
                         next_run_time=wb.next_run_time,
@@ -842,7 +845,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 db.update_rows(
                     DjangoJob,
                     using,
-                    rows,
+                    updated,
                     ["next_run_time", "job_state", "version", "acquired_by", "acquired_until"],
                 )
             return {wb.job_id for wb in clean}
@@ -852,10 +855,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             written = self._run(write_all, "write back the dispatched jobs")
             for wb in pending:
                 if wb.job_id not in written:
-                    outcome = self._run(
-                        lambda wb=wb: self._resolve(wb, wb.job_id in keep),
-                        f"write back job {wb.job_id!r}",
-                    )
+
+                    def resolve(wb: _WriteBack = wb) -> str:
+                        return self._resolve(wb, wb.job_id in keep)
+
+                    outcome = self._run(resolve, f"write back job {wb.job_id!r}")
                     if outcome == "busy":
                         busy.append(wb)
                     else:

@@ -214,7 +214,7 @@ class DjangoSchedulerInstanceQuerySet(models.QuerySet):
         """The instances whose last heartbeat is within ``APSCHEDULER_LEASE_TIME``."""
         from django_apscheduler import conf
 
-        lease = timedelta(seconds=float(conf.get("APSCHEDULER_LEASE_TIME")))
+        lease = timedelta(seconds=conf.lease_time())
         return self.filter(last_heartbeat__gte=timezone.now() - lease)
 
 

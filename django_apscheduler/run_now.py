@@ -172,7 +172,7 @@ def run_jobs_now(job_ids: Iterable[str], timeout: float | None = None) -> list[J
     """
     ids = list(dict.fromkeys(job_ids))  # unique, in the given order
     if timeout is None:
-        timeout = float(conf.get("APSCHEDULER_RUN_NOW_TIMEOUT"))
+        timeout = conf.run_now_timeout()
     jobs, outcomes = _load(ids)
     if jobs:
         run_time = timezone.now()

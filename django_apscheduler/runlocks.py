@@ -132,9 +132,11 @@ class RunLocks:
                 name = lock_name(job_id, slot)
                 if name in self._held:
                     continue
-                if self._with_session(
-                    using, f"lock job {job_id!r}", lambda s, n=name: s.try_lock(n)
-                ):
+
+                def try_lock(session: backends.RunLockSession, name: str = name) -> bool:
+                    return session.try_lock(name)
+
+                if self._with_session(using, f"lock job {job_id!r}", try_lock):
                     self._held[name] = job_id
                     return name
             return None

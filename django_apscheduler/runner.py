@@ -40,19 +40,19 @@ def recheck_interval() -> float:
     Three lease times: an instance of the old release that died is taken for
     dead after one, so its jobs go within a few lease times of its end.
     """
-    return 3 * float(conf.get("APSCHEDULER_LEASE_TIME"))
+    return 3 * conf.lease_time()
 
 
 def prune_executions() -> int:
     """Delete logged runs older than ``APSCHEDULER_EXECUTION_RETENTION``; return how many."""
     from django_apscheduler.models import DjangoJobExecution
 
-    retention = conf.get("APSCHEDULER_EXECUTION_RETENTION")
+    retention = conf.execution_retention()
     if retention is None:
         return 0
     deleted = DjangoJobExecution.objects.delete_old_job_executions(int(retention))
     if deleted:
-        logger.info("Deleted %d logged runs older than %s s", deleted, retention)
+        logger.info("Deleted %d logged runs older than %g s", deleted, retention)
     return deleted
 
 
@@ -78,8 +78,8 @@ class Runner:
     """
 
     def __init__(self, scheduler_class: type = BackgroundScheduler) -> None:
-        executors: dict[str, Any] = {"default": ThreadPoolExecutor(conf.get("APSCHEDULER_THREADS"))}
-        processes = conf.get("APSCHEDULER_PROCESSES")
+        executors: dict[str, Any] = {"default": ThreadPoolExecutor(conf.threads())}
+        processes = conf.processes()
         if processes:
             executors["processpool"] = ProcessPoolExecutor(processes)
         self.scheduler = scheduler_class(
@@ -118,7 +118,7 @@ class Runner:
             jobstore=INTERNAL_STORE,
             replace_existing=True,
         )
-        if conf.get("APSCHEDULER_EXECUTION_RETENTION") is not None:
+        if conf.execution_retention() is not None:
             self.scheduler.add_job(
                 _closing_connections,
                 "interval",
@@ -223,7 +223,7 @@ def run_until_stopped(
                 break
             if burst and not runner.running_jobs() and not runner.due_left(started_at):
                 break
-        timeout = float(conf.get("APSCHEDULER_SHUTDOWN_TIMEOUT"))
+        timeout = conf.shutdown_timeout()
         if stopping.is_set():
             write(
                 f"Stopping: no new fires; waiting up to {timeout:g} s for running jobs "

@@ -16,7 +16,7 @@ import logging
 import pickle
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, overload
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
@@ -42,7 +42,7 @@ STORED_PRECISION = timedelta(seconds=1)
 
 def get_dt_format() -> str:
     """Return the date format used to show datetimes (``APSCHEDULER_DATETIME_FORMAT``)."""
-    return formats.get_format(conf.get("APSCHEDULER_DATETIME_FORMAT"))
+    return formats.get_format(conf.datetime_format())
 
 
 def get_local_dt_format(dt: datetime) -> str:
@@ -50,6 +50,14 @@ def get_local_dt_format(dt: datetime) -> str:
     if settings.USE_TZ and timezone.is_aware(dt):
         dt = timezone.localtime(dt)
     return formats.date_format(dt, get_dt_format())
+
+
+@overload
+def get_django_internal_datetime(dt: datetime) -> datetime: ...
+@overload
+def get_django_internal_datetime(dt: None) -> None: ...
+@overload
+def get_django_internal_datetime(dt: datetime | None) -> datetime | None: ...
 
 
 def get_django_internal_datetime(dt: datetime | None) -> datetime | None:
@@ -66,6 +74,14 @@ def get_django_internal_datetime(dt: datetime | None) -> datetime | None:
         # its instant (03:15), not a local time that does not exist.
         return timezone.make_naive(dt.astimezone(dt_timezone.utc))
     return dt
+
+
+@overload
+def stored_instant(value: datetime, hint: datetime | None = None) -> datetime: ...
+@overload
+def stored_instant(value: None, hint: datetime | None = None) -> None: ...
+@overload
+def stored_instant(value: datetime | None, hint: datetime | None = None) -> datetime | None: ...
 
 
 def stored_instant(value: datetime | None, hint: datetime | None = None) -> datetime | None:

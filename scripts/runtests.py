@@ -6,7 +6,7 @@
                                [--sequential] [--shards N]
                                [--timeout SECONDS] [-- PYTEST ARGS...]
 
-1. ``ruff check`` and ``makemigrations --check --dry-run``;
+1. ``ruff check``, ``mypy django_apscheduler`` and ``makemigrations --check --dry-run``;
 2. pytest on every backend, with ``DJANGO_APSCHEDULER_TEST_DB`` set to it.
 
 A PostgreSQL or MariaDB server that does not accept connections is skipped
@@ -336,7 +336,9 @@ def main() -> int:
         action="store_true",
         help=f"after the run, store the learned test durations in {DURATIONS_FILE.name}",
     )
-    parser.add_argument("--no-checks", action="store_true", help="skip ruff and makemigrations")
+    parser.add_argument(
+        "--no-checks", action="store_true", help="skip ruff, mypy and makemigrations"
+    )
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds a pytest run may take at most"
     )
@@ -371,6 +373,15 @@ def main() -> int:
     if not args.no_checks:
         steps.append(
             run_check("ruff check", [sys.executable, "-m", "ruff", "check", "."], env, logs)
+        )
+        # The django-stubs plugin imports tests.settings: on SQLite, no server is needed.
+        steps.append(
+            run_check(
+                "mypy",
+                [sys.executable, "-m", "mypy", "django_apscheduler"],
+                dict(env, DJANGO_APSCHEDULER_TEST_DB="sqlite"),
+                logs,
+            )
         )
         steps.append(
             run_check(

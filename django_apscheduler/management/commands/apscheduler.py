@@ -409,7 +409,7 @@ class Command(BaseCommand):
         time, plus the time a scheduler may take to notice it (lease + poll).
         A broken job is reported as broken only (its next run time never moves).
         """
-        slack = lease + timedelta(seconds=float(conf.get("APSCHEDULER_POLL_INTERVAL")))
+        slack = lease + timedelta(seconds=conf.poll_interval())
         broken, overdue = [], []
         rows = DjangoJob.objects.order_by("id").values_list("id", "next_run_time", "job_state")
         for job_id, next_run_time, state in rows.iterator():
