@@ -100,6 +100,20 @@ def _ran(tag: str) -> int:
     return sum(1 for t, _ in jobs.calls if t == tag)
 
 
+def _count_rounds(scheduler) -> list[float]:
+    """The times of the store's dispatch rounds (``get_due_jobs`` calls), as they happen."""
+    store = scheduler._jobstores["default"]
+    rounds: list[float] = []
+    get_due_jobs = store.get_due_jobs
+
+    def counting(now):
+        rounds.append(time.monotonic())
+        return get_due_jobs(now)
+
+    store.get_due_jobs = counting
+    return rounds
+
+
 # --- defect 3: a raising trigger -------------------------------------------------------
 
 
@@ -267,15 +281,7 @@ def test_dispatch_limit_is_the_default_executors_free_threads(make_scheduler):
 @override_settings(APSCHEDULER_POLL_INTERVAL=0.2)
 def test_saturated_scheduler_leaves_due_jobs_unclaimed_without_spinning(make_scheduler):
     scheduler = make_scheduler(threads=2)
-    store = scheduler._jobstores["default"]
-    rounds = []
-    get_due_jobs = store.get_due_jobs
-
-    def counting(now):
-        rounds.append(time.monotonic())
-        return get_due_jobs(now)
-
-    store.get_due_jobs = counting
+    rounds = _count_rounds(scheduler)
     scheduler.add_job(hold, "date", run_date=_now(), id="h1", args=["h1"])
     scheduler.add_job(hold, "date", run_date=_now(), id="h2", args=["h2"])
     wait_until(lambda: _ran("h1") == 1 and _ran("h2") == 1)
@@ -428,15 +434,7 @@ def test_due_job_locked_by_another_session_does_not_make_dispatch_spin(make_sche
     from tests.test_coordination import RowLockHolder
 
     scheduler = make_scheduler()
-    store = scheduler._jobstores["default"]
-    rounds = []
-    get_due_jobs = store.get_due_jobs
-
-    def counting(now):
-        rounds.append(time.monotonic())
-        return get_due_jobs(now)
-
-    store.get_due_jobs = counting
+    rounds = _count_rounds(scheduler)
     scheduler.add_job(
         jobs.record, "date", run_date=_now() + timedelta(seconds=1), id="locked",
         args=["locked"], misfire_grace_time=60,
