@@ -270,14 +270,24 @@ def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
     assert interrupted[0].instance in interrupted[0].exception
     processes.wait()
 
-    # The ticks never stopped: every second has its fire, none twice. The only
+    # The ticks never stopped: every second has its fire. The only
     # fires allowed to be absent from the events file are those the victim
     # submitted in its last moment, before its listener could write them: after
     # the last fire it did write down (a loaded machine may keep its dispatch
     # a few seconds behind the clock), and before it was killed.
     submitted = processes.submitted()
     fires = _fires(submitted)
-    assert max(fires.values()) == 1
+    # A fire the victim submitted in its last round, killed before writing the
+    # job back, is dispatched again once its claim expires: the documented
+    # crash window (at least once across a crash). Nothing else twice.
+    by_victim = _fires([e for e in submitted if e["pid"] == victim])
+    for (job, rt), count in fires.items():
+        if count > 1:
+            assert count == 2 and by_victim[(job, rt)] == 1, (job, rt, count)
+            assert killed_at - 3 <= rt <= killed_at + 0.5, (
+                f"{job} at {rt} submitted twice, outside the victim's last round "
+                f"(killed at {killed_at:.2f})"
+            )
     victim_last = max(
         (rt for e in submitted if e["pid"] == victim for rt in e["run_times"]), default=killed_at
     )
