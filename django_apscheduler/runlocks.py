@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
@@ -32,6 +33,10 @@ from django_apscheduler import backends
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Seconds a lock of a lost session may still be held (by that session, being
+#: ended by the server) before taking it back counts as failed.
+RETAKE_PATIENCE = 2.0
 
 
 class JobStillRunning(Exception):
@@ -87,10 +92,21 @@ class RunLocks:
         return self._session
 
     def _retake(self) -> None:
-        """Take back the locks held before the session was lost."""
+        """Take back the locks held before the session was lost.
+
+        A server may still be ending the lost session (MariaDB releases a killed
+        connection's locks only once its thread has finished), so a lock that
+        is still taken is tried again for up to :data:`RETAKE_PATIENCE` seconds
+        before it counts as taken by another process.
+        """
         assert self._session is not None
+        deadline = time.monotonic() + RETAKE_PATIENCE
         for name, job_id in list(self._held.items()):
-            if not self._session.try_lock(name):
+            taken = self._session.try_lock(name)
+            while not taken and time.monotonic() < deadline:
+                time.sleep(0.05)
+                taken = self._session.try_lock(name)
+            if not taken:
                 logger.error(
                     "Job %r: this process lost its run lock with its lock connection and another "
                     "process (%s) took it meanwhile: the job may be running in both. Check the "
