@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import Model, QuerySet
 
+from django_apscheduler import internals
+
 if TYPE_CHECKING:
     from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteDatabaseWrapper
 
@@ -474,13 +476,9 @@ class SQLiteBackend(Backend):
         def begin_immediate() -> None:
             conn.cursor().execute("BEGIN IMMEDIATE")
 
-        # A private hook of Django's SQLite backend, absent from django-stubs.
-        conn._start_transaction_under_autocommit = begin_immediate  # type: ignore[attr-defined]
-        try:
+        with internals.sqlite_transaction_start(conn, begin_immediate):
             atomic = transaction.atomic(using=using)
             atomic.__enter__()
-        finally:
-            del conn._start_transaction_under_autocommit  # type: ignore[attr-defined]
         try:
             yield
         except BaseException as exc:

@@ -21,7 +21,6 @@ import inspect
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -41,7 +40,7 @@ from apscheduler.events import (
 )
 from django.db import IntegrityError, close_old_connections, connections, router
 
-from django_apscheduler import backends, conf, db, runlocks, util
+from django_apscheduler import backends, conf, db, internals, runlocks, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 logger = logging.getLogger(__name__)
@@ -371,13 +370,6 @@ def pop_start(job_id: str, run_time: datetime | None) -> float | None:
         return _starts.pop((job_id, run_time.timestamp()), None)
 
 
-def _caller_run_time() -> Any:
-    # APScheduler's run_job / run_coroutine_job call the job function from a loop
-    # over ``run_time``; two frames up from here is that loop.
-    frame = sys._getframe(2)
-    return frame.f_locals.get("run_time") if frame is not None else None
-
-
 def instrument(job: Any, awaits_coroutines: bool = False) -> None:
     """Wrap ``job.func`` so each run holds its job, notes its start and gets fresh DB connections.
 
@@ -403,7 +395,7 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
 
         @functools.wraps(func)
         def run_coroutine(*args: Any, **kwargs: Any) -> Any:
-            run_time = _caller_run_time()
+            run_time = internals.caller_run_time()
             with runlocks.holding(job_id, slots):
                 _note_start(job_id, run_time)
                 close_old_connections()
@@ -418,7 +410,7 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
 
         @functools.wraps(func)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            run_time = _caller_run_time()
+            run_time = internals.caller_run_time()
             # This runs on the event loop's thread, where Django keeps the ORM out:
             # the run lock's connection is used from a worker thread, and no
             # connection of this thread is refreshed (it has none of its own).
@@ -435,7 +427,7 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
 
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
-        run_time = _caller_run_time()
+        run_time = internals.caller_run_time()
         with runlocks.holding(job_id, slots):
             _note_start(job_id, run_time)
             close_old_connections()

@@ -31,7 +31,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_apscheduler import backends, conf, coordination, db, executions, util
+from django_apscheduler import backends, conf, coordination, db, executions, internals, util
 from django_apscheduler.exceptions import (
     InvalidJobIdError,
     UnpicklableJobError,
@@ -169,7 +169,7 @@ class DjangoResultStoreMixin:
 
     def start(self, scheduler: Any, alias: str) -> None:
         super().start(scheduler, alias)  # type: ignore[misc]
-        type(self).lock = scheduler._create_lock()
+        type(self).lock = internals.create_lock(scheduler)
         self.register_event_listeners()
 
     def register_event_listeners(self) -> None:
@@ -286,7 +286,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
     def _awaits_coroutines(self, executor_alias: str) -> bool:
         """True if the job's executor awaits coroutine functions itself."""
-        executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
+        executor = internals.executors(self._scheduler).get(executor_alias)
         return executor is not None and isinstance(executor, _coroutine_executors())
 
     def _dispatched(self, job_id: str) -> bool:
@@ -342,8 +342,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         """True while an executor of this process still runs (or queues) ``job_id``."""
         if executor_alias is None:
             return False
-        executor = getattr(self._scheduler, "_executors", {}).get(executor_alias)
-        return bool(running_instances(executor).get(job_id))
+        executor = internals.executors(self._scheduler).get(executor_alias)
+        return bool(internals.running_instances(executor).get(job_id))
 
     def _dispatch_limit(self) -> int:
         """How many due jobs to claim in one round: what this process can start now.
@@ -356,11 +356,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         counted gets the cap.
         """
         limit = conf.dispatch_batch_size()
-        executor = getattr(self._scheduler, "_executors", {}).get("default")
-        workers = getattr(getattr(executor, "_pool", None), "_max_workers", None)
-        if not isinstance(workers, int):
+        executor = internals.executors(self._scheduler).get("default")
+        workers = internals.max_workers(executor)
+        if workers is None:
             return limit
-        busy = sum(running_instances(executor).values())
+        busy = sum(internals.running_instances(executor).values())
         return max(0, min(limit, workers - busy))
 
     def _wake_scheduler(self) -> None:
@@ -387,8 +387,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
     def _reconstitute_job(self, job_state: bytes | memoryview) -> Job:
         job = restore_job(job_state)
-        job._scheduler = self._scheduler
-        job._jobstore_alias = self._alias
+        internals.bind_job(job, self._scheduler, self._alias)
         return job
 
     def _restore(self, job_id: str, job_state: bytes | memoryview) -> Job | None:
@@ -425,7 +424,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         the database, is left to processes that can run it, and never takes
         the round's other jobs down.
         """
-        executors = getattr(self._scheduler, "_executors", {})
+        executors = internals.executors(self._scheduler)
         # A scheduler that was never started has no executors yet (nor dispatches).
         if executors and job.executor not in executors:
             self._note_broken(
@@ -1031,13 +1030,8 @@ def _fires_ahead(job: Job) -> bool:
     return job.next_run_time is not None and job.next_run_time > timezone.now()
 
 
-def running_instances(executor: Any) -> dict[str, int]:
-    """Runs per job id that ``executor`` has started or queued and not yet finished.
-
-    APScheduler 3 keeps this count (``_instances``, the one its
-    ``max_instances`` check reads) in every executor; read in one place only.
-    """
-    return getattr(executor, "_instances", None) or {}
+#: Kept importable from here; it lives in :mod:`django_apscheduler.internals`.
+running_instances = internals.running_instances
 
 
 @functools.cache

@@ -22,8 +22,8 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.utils import timezone
 
-from django_apscheduler import conf, coordination, declared, executions, util
-from django_apscheduler.jobstores import DjangoJobStore, running_instances
+from django_apscheduler import conf, coordination, declared, executions, internals, util
+from django_apscheduler.jobstores import DjangoJobStore
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class Runner:
 
     def running_jobs(self) -> int:
         """Runs of this scheduler's jobs still executing (or queued in an executor)."""
-        executors = list(getattr(self.scheduler, "_executors", {}).values())
-        return sum(sum(running_instances(executor).values()) for executor in executors)
+        executors = list(internals.executors(self.scheduler).values())
+        return sum(sum(internals.running_instances(executor).values()) for executor in executors)
 
     def due_left(self, due_by: Any) -> bool:
         """True while a job that was due by ``due_by`` is still waiting to be dispatched here."""
@@ -393,13 +393,7 @@ def _stop_at_exit(runner: Runner) -> None:
         except Exception:
             logger.exception("Could not shut the autostarted scheduler down at exit")
 
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        register(stop)
-    else:  # pragma: no cover - Python without the hook
-        import atexit
-
-        atexit.register(stop)
+    internals.register_thread_exit_hook(stop)
 
 
 def autostarted() -> Runner | None:
