@@ -21,13 +21,11 @@ from typing import Any, Sequence
 from django.contrib import admin, messages
 from django.db.models import Avg, DecimalField, F, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from django_apscheduler import conf, coordination, run_now, util
-from django_apscheduler.jobstores import restore_job
+from django_apscheduler import conf, run_now, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 logger = logging.getLogger(__name__)
@@ -36,6 +34,14 @@ logger = logging.getLogger(__name__)
 NEUTRAL_COLOR = "gray"
 
 _TWO_PLACES = Decimal("0.01")
+
+#: The job states as the "State" column shows them (translated).
+_STATE_NAMES = {
+    "scheduled": _("scheduled"),
+    "paused": _("paused"),
+    "finished": _("finished"),
+    "broken": _("broken"),
+}
 
 
 def _seconds(value: Any) -> str:
@@ -104,25 +110,19 @@ class DjangoJobAdmin(admin.ModelAdmin):
     @admin.display(description=_("State"))
     def state(self, obj: DjangoJob) -> SafeString:
         """``scheduled``, ``paused``, ``finished`` (a one-shot job's kept record) or ``broken: <reason>``."""
-        if obj.is_finished:
-            name, text = "finished", _("finished")
-        else:
-            try:
-                restore_job(obj.job_state)
-            except Exception as exc:
-                return format_html(
-                    '<span style="color: {};">{}: {}: {}</span>',
-                    self.state_color_mapping["broken"],
-                    _("broken"),
-                    type(exc).__name__,
-                    exc,
-                )
-            if obj.next_run_time is None:
-                name, text = "paused", _("paused")
-            else:
-                name, text = "scheduled", _("scheduled")
+        state = obj.classify()
+        if state.error is not None:
+            return format_html(
+                '<span style="color: {};">{}: {}: {}</span>',
+                self.state_color_mapping["broken"],
+                _("broken"),
+                type(state.error).__name__,
+                state.error,
+            )
         return format_html(
-            '<span style="color: {};">{}</span>', self.state_color_mapping[name], text
+            '<span style="color: {};">{}</span>',
+            self.state_color_mapping[state.name],
+            _STATE_NAMES[state.name],
         )
 
     @admin.display(description=_("Local run time"), ordering="next_run_time")
@@ -306,4 +306,4 @@ class DjangoSchedulerInstanceAdmin(admin.ModelAdmin):
     @admin.display(description=_("Alive"), boolean=True)
     def alive(self, obj: DjangoSchedulerInstance) -> bool:
         """True while the instance heartbeats within the lease time."""
-        return timezone.now() - obj.last_heartbeat < coordination.lease_time()
+        return obj.is_alive()

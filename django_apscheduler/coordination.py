@@ -45,10 +45,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Iterable
 
 from django.db import connections
-from django.db.models import Q
 from django.utils import timezone
 
-from django_apscheduler import backends, conf, db, executions, runlocks, util
+from django_apscheduler import backends, conf, db, runlocks, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 if TYPE_CHECKING:
@@ -79,11 +78,6 @@ class Claim:
     next_run_time: datetime
 
 
-def _claimable(instance: str, now: datetime) -> Q:
-    """Rows nobody else holds: unclaimed, claimed by ``instance``, or with an expired claim."""
-    return Q(acquired_by__isnull=True) | Q(acquired_by=instance) | Q(acquired_until__lt=now)
-
-
 def claim_due(
     using: str, instance: str, due_by: datetime, exclude: Iterable[str], limit: int
 ) -> list[Claim]:
@@ -102,10 +96,8 @@ def claim_due(
     with backend.write_transaction(using):
         rows = (
             DjangoJob.objects.using(using)
-            .filter(
-                _claimable(instance, now),
-                next_run_time__lte=util.get_django_internal_datetime(bound),
-            )
+            .claimable(instance, now)
+            .due(util.get_django_internal_datetime(bound))
             .exclude(id__in=list(exclude))
             .order_by("next_run_time", "id")
         )
@@ -126,8 +118,8 @@ def claim_due(
             claims = [c for _, c in sorted(due, key=lambda item: (item[0], item[1].job_id))]
             claims = claims[:limit]
         if claims:
-            DjangoJob.objects.using(using).filter(id__in=[c.job_id for c in claims]).update(
-                acquired_by=instance, acquired_until=now + lease_time()
+            DjangoJob.objects.using(using).filter(id__in=[c.job_id for c in claims]).claim(
+                instance, now + lease_time()
             )
     return claims
 
@@ -155,7 +147,8 @@ def earliest_claimable(using: str, instance: str, exclude: Iterable[str]) -> dat
     """
     rows = (
         DjangoJob.objects.using(using)
-        .filter(_claimable(instance, timezone.now()), next_run_time__isnull=False)
+        .claimable(instance, timezone.now())
+        .filter(next_run_time__isnull=False)
         .exclude(id__in=list(exclude))
         .order_by("next_run_time")
     )
@@ -191,12 +184,10 @@ def release(using: str, instance: str, job_ids: Iterable[str]) -> set[str]:
     if not ids:
         return set()
     with backends.for_alias(using).write_transaction(using):
-        ours = DjangoJob.objects.using(using).filter(id__in=ids, acquired_by=instance)
+        ours = DjangoJob.objects.using(using).held_by(instance).filter(id__in=ids)
         free = lock_free_ids(ours, using)
         if free:
-            DjangoJob.objects.using(using).filter(id__in=free).update(
-                acquired_by=None, acquired_until=None
-            )
+            DjangoJob.objects.using(using).filter(id__in=free).release()
         if len(free) == len(ids):
             return set()
         return set(ours.values_list("id", flat=True)) - set(free)
@@ -204,15 +195,7 @@ def release(using: str, instance: str, job_ids: Iterable[str]) -> set[str]:
 
 def interrupt_runs(using: str, instance: str, reason: str) -> int:
     """Mark the runs ``instance`` left "Started execution" as "Interrupted"; return how many."""
-    return (
-        DjangoJobExecution.objects.using(using)
-        .filter(instance=instance, status=DjangoJobExecution.SENT)
-        .update(
-            status=DjangoJobExecution.INTERRUPTED,
-            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
-            finished=executions.decimal_seconds(executions.now_epoch()),
-        )
-    )
+    return DjangoJobExecution.objects.using(using).unfinished_of(instance).interrupt(reason)
 
 
 def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
@@ -222,12 +205,7 @@ def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
     claims are dropped and their rows deleted. Safe to run from several
     processes at once: each step only changes what is still there.
     """
-    cutoff = timezone.now() - lease_time()
-    dead = list(
-        DjangoSchedulerInstance.objects.using(using)
-        .filter(last_heartbeat__lt=cutoff)
-        .exclude(id=alive)
-    )
+    dead = list(DjangoSchedulerInstance.objects.using(using).dead().exclude(id=alive))
     for instance in dead:
         with backends.for_alias(using).write_transaction(using):
             reason = (
@@ -238,10 +216,8 @@ def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
             # Jobs before executions, the order in which the execution log locks.
             # Rows another session keeps locked are skipped: their claims have
             # expired anyway, so the others may take them.
-            claimed = DjangoJob.objects.using(using).filter(acquired_by=instance.id)
-            DjangoJob.objects.using(using).filter(id__in=lock_free_ids(claimed, using)).update(
-                acquired_by=None, acquired_until=None
-            )
+            claimed = DjangoJob.objects.using(using).held_by(instance.id)
+            DjangoJob.objects.using(using).filter(id__in=lock_free_ids(claimed, using)).release()
             count = interrupt_runs(using, instance.id, reason)
             deleted, _ = (
                 DjangoSchedulerInstance.objects.using(using)
@@ -402,9 +378,7 @@ class Coordinator:
 
         def retire() -> None:
             with backends.for_alias(using).write_transaction(using):
-                DjangoJob.objects.using(using).filter(acquired_by=instance).update(
-                    acquired_by=None, acquired_until=None
-                )
+                DjangoJob.objects.using(using).held_by(instance).release()
                 interrupt_runs(
                     using,
                     instance,
@@ -583,23 +557,20 @@ class Coordinator:
     def _renew(self, using: str, instance: str, running: set[str], claimed: set[str]) -> None:
         now = timezone.now()
         backend = backends.for_alias(using)
-        ours = Q(acquired_by=instance)
+        jobs = DjangoJob.objects.using(using)
+        rows = jobs.held_by(instance)
         if running:
-            ours |= Q(id__in=running) & _claimable(instance, now)
+            rows |= jobs.filter(id__in=running).claimable(instance, now)
         with backend.write_transaction(using):
-            rows = DjangoJob.objects.using(using).filter(ours)
             ids = lock_free_ids(rows, using)
             if ids:
-                DjangoJob.objects.using(using).filter(id__in=ids).update(
-                    acquired_by=instance, acquired_until=now + lease_time()
-                )
+                jobs.filter(id__in=ids).claim(instance, now + lease_time())
         lost = (running | claimed) - set(ids)
         if lost:
             holders = dict(
                 DjangoJob.objects.using(using)
                 .filter(id__in=lost)
-                .exclude(acquired_by=instance)
-                .exclude(acquired_by__isnull=True)
+                .held_by_others(instance)
                 .values_list("id", "acquired_by")
             )
             for job_id, holder in holders.items():

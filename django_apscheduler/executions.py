@@ -214,13 +214,12 @@ def _write_once(
             return {}
 
         def fetch() -> dict[tuple[str, datetime], DjangoJobExecution]:
-            rows = (
-                DjangoJobExecution.objects.using(using)
-                .select_for_update()
-                .filter(
+            rows = backend.lock_for_write(
+                DjangoJobExecution.objects.using(using).filter(
                     job_id__in={k[0] for k in wanted},
                     run_time__in={k[1] for k in wanted},
-                )
+                ),
+                using,
             )
             return {(r.job_id, r.run_time): r for r in rows if (r.job_id, r.run_time) in wanted}
 

@@ -7,13 +7,114 @@ over as it stands and ``makemigrations`` finds nothing to do.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.db import models, router, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from django_apscheduler import util
+
+if TYPE_CHECKING:
+    from apscheduler.job import Job
+
+
+def _lease() -> timedelta:
+    from django_apscheduler import conf
+
+    return timedelta(seconds=conf.lease_time())
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What a stored job row is: ``scheduled``, ``paused``, ``finished`` or ``broken``.
+
+    ``job`` is the restored APScheduler job (scheduled or paused rows);
+    ``error`` the exception that kept a broken row from being restored.
+    """
+
+    name: str
+    job: Job | None = None
+    error: Exception | None = None
+
+    @property
+    def reason(self) -> str:
+        """``"ValueError: boom"`` for a broken row, empty otherwise."""
+        if self.error is None:
+            return ""
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+def classify_job(job_state: bytes | memoryview | None, next_run_time: datetime | None) -> JobState:
+    """The state of a stored row, from its ``job_state`` and ``next_run_time`` columns.
+
+    The one classification the admin, the ``apscheduler`` command and
+    ``run_now`` share: an empty state is a finished one-shot job's record, a
+    state that cannot be restored here is broken, and a restorable one is
+    paused without a next run time and scheduled with one.
+    """
+    if not job_state:
+        return JobState("finished")
+    from django_apscheduler.jobstores import restore_job
+
+    try:
+        job = restore_job(job_state)
+    except Exception as exc:
+        return JobState("broken", error=exc)
+    return JobState("paused" if next_run_time is None else "scheduled", job=job)
+
+
+class DjangoJobQuerySet(models.QuerySet):
+    """Queries on stored jobs, each written once (coordination, the store, admin, commands)."""
+
+    def claimable(self, instance: str, now: datetime) -> DjangoJobQuerySet:
+        """Rows nobody else holds: unclaimed, claimed by ``instance``, or with an expired claim."""
+        return self.filter(
+            Q(acquired_by__isnull=True) | Q(acquired_by=instance) | Q(acquired_until__lt=now)
+        )
+
+    def held_by(self, instance: str) -> DjangoJobQuerySet:
+        """Rows whose claim ``instance`` holds (expired or not)."""
+        return self.filter(acquired_by=instance)
+
+    def held_by_others(self, instance: str) -> DjangoJobQuerySet:
+        """Rows claimed by an instance other than ``instance`` (expired or not)."""
+        return self.exclude(acquired_by=instance).exclude(acquired_by__isnull=True)
+
+    def claim(self, instance: str, until: datetime) -> int:
+        """Claim the selected rows for ``instance`` until ``until``; return how many."""
+        return self.update(acquired_by=instance, acquired_until=until)
+
+    def release(self) -> int:
+        """Drop the claims on the selected rows; return how many rows were updated."""
+        return self.update(acquired_by=None, acquired_until=None)
+
+    def due(self, by: datetime) -> DjangoJobQuerySet:
+        """Rows whose stored next run time is at or before ``by`` (a stored, Django-internal time)."""
+        return self.filter(next_run_time__lte=by)
+
+    def finished(self) -> DjangoJobQuerySet:
+        """The kept records of one-shot jobs that have run for the last time (empty state)."""
+        return self.filter(job_state=b"")
+
+    def unfinished(self) -> DjangoJobQuerySet:
+        """Rows that are jobs: scheduled, paused or broken (not a finished job's record)."""
+        return self.exclude(job_state=b"")
+
+    def scheduled(self) -> DjangoJobQuerySet:
+        """Jobs with a next run time (broken rows included: the state is not unpickled)."""
+        return self.unfinished().filter(next_run_time__isnull=False)
+
+    def paused(self) -> DjangoJobQuerySet:
+        """Jobs without a next run time (broken rows included: the state is not unpickled)."""
+        return self.unfinished().filter(next_run_time__isnull=True)
+
+
+class DjangoJobManager(models.Manager.from_queryset(DjangoJobQuerySet)):  # type: ignore[misc]
+    """The default manager of :class:`DjangoJob`, with :class:`DjangoJobQuerySet`'s methods."""
 
 
 class DjangoJob(models.Model):
@@ -70,14 +171,48 @@ class DjangoJob(models.Model):
             return f"{self.id} (finished)"
         return f"{self.id} (paused)"
 
+    objects = DjangoJobManager()
+
     @property
     def is_finished(self) -> bool:
         """True for the kept record of a one-shot job that has run for the last time."""
         return not self.job_state
 
+    def classify(self) -> JobState:
+        """This row's state: scheduled, paused, finished or broken (see :func:`classify_job`)."""
+        return classify_job(self.job_state, self.next_run_time)
 
-class DjangoJobExecutionManager(models.Manager):
-    """Manager of the execution log, with its retention helper."""
+
+class DjangoJobExecutionQuerySet(models.QuerySet):
+    """Queries on the execution log."""
+
+    def unfinished_of(self, instance: str) -> DjangoJobExecutionQuerySet:
+        """The runs ``instance`` submitted that have no final status yet ("Started execution")."""
+        return self.filter(instance=instance, status=DjangoJobExecution.SENT)
+
+    def unfinished(self) -> DjangoJobExecutionQuerySet:
+        """The selected runs that have no final status yet ("Started execution")."""
+        return self.filter(status=DjangoJobExecution.SENT)
+
+    def interrupt(self, reason: str) -> int:
+        """Mark the selected runs "Interrupted" with ``reason``, finished now; return how many.
+
+        Only runs still "Started execution" change: a final status is never
+        overwritten.
+        """
+        from django_apscheduler import executions
+
+        return self.unfinished().update(
+            status=DjangoJobExecution.INTERRUPTED,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+        )
+
+
+class DjangoJobExecutionManager(
+    models.Manager.from_queryset(DjangoJobExecutionQuerySet)  # type: ignore[misc]
+):
+    """Manager of the execution log, with its retention helper and the queryset's methods."""
 
     def delete_old_job_executions(self, max_age: int) -> int:
         """Delete executions whose run time is at least ``max_age`` seconds old.
@@ -93,12 +228,12 @@ class DjangoJobExecutionManager(models.Manager):
                 .filter(run_time__lte=util.get_django_internal_datetime(cutoff))
                 .delete()
             )
-            finished = DjangoJob.objects.using(using).filter(
-                next_run_time__isnull=True, djangojobexecution__isnull=True
+            stale = list(
+                DjangoJob.objects.using(using)
+                .finished()
+                .filter(next_run_time__isnull=True, djangojobexecution__isnull=True)
+                .values_list("id", flat=True)
             )
-            stale = [
-                job_id for job_id, state in finished.values_list("id", "job_state") if not state
-            ]
             if stale:
                 DjangoJob.objects.using(using).filter(id__in=stale).delete()
         return deleted
@@ -210,12 +345,13 @@ class DjangoJobExecution(models.Model):
 class DjangoSchedulerInstanceQuerySet(models.QuerySet):
     """Queries on scheduler instances."""
 
-    def alive(self) -> models.QuerySet:
-        """The instances whose last heartbeat is within ``APSCHEDULER_LEASE_TIME``."""
-        from django_apscheduler import conf
+    def alive(self, now: datetime | None = None) -> DjangoSchedulerInstanceQuerySet:
+        """The instances whose last heartbeat is within ``APSCHEDULER_LEASE_TIME`` of ``now``."""
+        return self.filter(last_heartbeat__gte=(now or timezone.now()) - _lease())
 
-        lease = timedelta(seconds=conf.lease_time())
-        return self.filter(last_heartbeat__gte=timezone.now() - lease)
+    def dead(self, now: datetime | None = None) -> DjangoSchedulerInstanceQuerySet:
+        """The instances whose last heartbeat is older than ``APSCHEDULER_LEASE_TIME``: the rest."""
+        return self.filter(last_heartbeat__lt=(now or timezone.now()) - _lease())
 
 
 class DjangoSchedulerInstance(models.Model):
@@ -253,3 +389,7 @@ class DjangoSchedulerInstance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} (pid {self.pid} on {self.host})"
+
+    def is_alive(self, now: datetime | None = None) -> bool:
+        """True while the heartbeat is within the lease time: the test of ``objects.alive()``."""
+        return self.last_heartbeat >= (now or timezone.now()) - _lease()

@@ -32,8 +32,7 @@ from django.db import connections, router
 from django.utils import timezone
 
 from django_apscheduler import conf, executions
-from django_apscheduler.jobstores import restore_job
-from django_apscheduler.models import DjangoJob, DjangoJobExecution
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, classify_job
 
 logger = logging.getLogger(__name__)
 
@@ -86,22 +85,27 @@ def _describe(exc: BaseException) -> str:
 def _load(job_ids: list[str]) -> tuple[list[Job], dict[str, JobRunOutcome]]:
     """Restore the jobs ``job_ids`` name; the ones that cannot run get their outcome at once."""
     using = router.db_for_read(DjangoJob)
-    rows = dict(
-        DjangoJob.objects.using(using).filter(id__in=job_ids).values_list("id", "job_state")
-    )
+    rows = {
+        job_id: (state, next_run_time)
+        for job_id, state, next_run_time in DjangoJob.objects.using(using)
+        .filter(id__in=job_ids)
+        .values_list("id", "job_state", "next_run_time")
+    }
     jobs: list[Job] = []
     early: dict[str, JobRunOutcome] = {}
     for job_id in job_ids:
         if job_id not in rows:
             early[job_id] = JobRunOutcome(job_id, RunStatus.NOT_FOUND)
-        elif not rows[job_id]:
+            continue
+        state = classify_job(*rows[job_id])
+        if state.name == "finished":
             early[job_id] = JobRunOutcome(job_id, RunStatus.FINISHED)
+        elif state.job is None:
+            assert state.error is not None
+            logger.warning("Job %r cannot be restored, not running it: %s", job_id, state.error)
+            early[job_id] = JobRunOutcome(job_id, RunStatus.BROKEN, message=_describe(state.error))
         else:
-            try:
-                jobs.append(restore_job(rows[job_id]))
-            except Exception as exc:
-                logger.warning("Job %r cannot be restored, not running it: %s", job_id, exc)
-                early[job_id] = JobRunOutcome(job_id, RunStatus.BROKEN, message=_describe(exc))
+            jobs.append(state.job)
     return jobs, early
 
 

@@ -40,8 +40,12 @@ from django.utils import timezone
 
 from django_apscheduler import client, conf, coordination, executions, run_now, util
 from django_apscheduler.exceptions import DeclaredJobError, UnrestorableJobError
-from django_apscheduler.jobstores import restore_job
-from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+from django_apscheduler.models import (
+    DjangoJob,
+    DjangoJobExecution,
+    DjangoSchedulerInstance,
+    classify_job,
+)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -221,15 +225,13 @@ class Command(BaseCommand):
     @staticmethod
     def _describe(row: DjangoJob) -> dict[str, Any]:
         trigger = name = func = None
-        if row.is_finished:
-            state = "finished"
-        else:
-            try:
-                job = restore_job(row.job_state)
-                trigger, name, func = str(job.trigger), job.name, job.func_ref
-                state = "scheduled" if row.next_run_time else "paused"
-            except Exception as exc:
-                state = f"broken ({type(exc).__name__}: {exc})"
+        classified = row.classify()
+        state = classified.name
+        if classified.job is not None:
+            job = classified.job
+            trigger, name, func = str(job.trigger), job.name, job.func_ref
+        elif classified.error is not None:
+            state = f"broken ({classified.reason})"
         return {
             "id": row.id,
             "name": name,
@@ -292,11 +294,7 @@ class Command(BaseCommand):
             "run finished."
         )
         ids = [o.execution_id for o in outcomes if o.execution_id is not None]
-        DjangoJobExecution.objects.filter(id__in=ids, status=DjangoJobExecution.SENT).update(
-            status=DjangoJobExecution.INTERRUPTED,
-            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
-            finished=executions.decimal_seconds(executions.now_epoch()),
-        )
+        DjangoJobExecution.objects.filter(id__in=ids).interrupt(reason)
 
     def _on_job(self, method: str, job_id: str, done: str) -> None:
         try:
@@ -349,7 +347,7 @@ class Command(BaseCommand):
         now = timezone.now()
         lease = coordination.lease_time()
         check_jobs = jobs or no_instance
-        instances = DjangoSchedulerInstance.objects.filter(last_heartbeat__gte=now - lease)
+        instances = DjangoSchedulerInstance.objects.alive(now)
         if this_host:
             instances = instances.filter(host=_hostname())
         alive = list(instances.order_by("id").values_list("id", flat=True))
@@ -413,15 +411,13 @@ class Command(BaseCommand):
         broken, overdue = [], []
         rows = DjangoJob.objects.order_by("id").values_list("id", "next_run_time", "job_state")
         for job_id, next_run_time, state in rows.iterator():
-            if not state:  # the kept record of a finished one-shot job
+            classified = classify_job(state, next_run_time)
+            if classified.error is not None:
+                broken.append({"id": job_id, "reason": classified.reason})
                 continue
-            try:
-                job = restore_job(state)
-            except Exception as exc:
-                broken.append({"id": job_id, "reason": f"{type(exc).__name__}: {exc}"})
-                continue
-            if next_run_time is None:
-                continue
+            job = classified.job
+            if classified.name != "scheduled" or job is None or next_run_time is None:
+                continue  # finished or paused
             late = now - next_run_time
             if late > slack + timedelta(seconds=job.misfire_grace_time or 0):
                 overdue.append({"id": job_id, "late_seconds": round(late.total_seconds(), 1)})
