@@ -620,3 +620,24 @@ def test_heartbeat_is_not_held_up_by_a_row_locked_elsewhere(a, row_locks):
     assert not holder.timed_out
     a._coordinator._release_idle()
     assert row().acquired_by is None and a._coordinator.held == {}
+
+
+def test_a_deferred_write_back_is_not_dispatched_again_meanwhile(a, row_locks):
+    """While its write-back waits for another session's lock, the job is not claimed again.
+
+    The row still holds the fire just dispatched (the write-back has not
+    landed) and is still claimed by this instance: claiming it in the next
+    round would dispatch the same fire twice.
+    """
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    with RowLockHolder("job") as holder:
+        job._modify(next_run_time=at(60))
+        a.update_job(job)
+        a._flush_write_backs()
+        assert a._coordinator.deferred_ids() == ["job"]
+        assert a.get_due_jobs(at(20)) == []  # the next round: the lock is still there
+        assert holder.holding()
+    a._flush_write_backs()
+    assert row("job").next_run_time == at(60)
+    assert a.get_due_jobs(at(30)) == []

@@ -21,6 +21,10 @@ from django_apscheduler import conf, executions
 from django_apscheduler.models import DjangoJobExecution
 from tests import jobs
 
+# Django 6.1's own system checks query the database (a JSONField's
+# support check on SQLite), so every test that runs the checks may use it.
+pytestmark = pytest.mark.django_db
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
