@@ -200,7 +200,10 @@ def finish_backend(
 
 DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = 0.5  # a test no durations file knows about
-DEFAULT_SHARDS = 3
+# One pytest run per backend: with three per backend (nine at once on two
+# cores) the timing-bound multi-process tests starve, and the storm has shown
+# duplicate fires on MariaDB under that load (an open defect, see CHANGELOG).
+DEFAULT_SHARDS = 1
 
 
 def collect(
