@@ -673,11 +673,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     if not existing.job_state and _in_declared_sync() and not _fires_ahead(job):
                         # A declared one-shot job that has run: it stays finished.
                         return existing
-                    if not existing.job_state or (
-                        attempts > 1 and bytes(existing.job_state) == state
-                    ):
-                        # A finished one-shot job's record, or our own insert whose
-                        # commit was confirmed only by this retry: take it over.
+                    if attempts > 1 and bytes(existing.job_state or b"") == state:
+                        # Our own insert whose commit was confirmed only by this retry,
+                        # or another process's identical job (processes starting
+                        # together add the same jobs): stored as asked, and left as
+                        # it is. It may be claimed and dispatched already.
+                        return existing
+                    if not existing.job_state:
+                        # A finished one-shot job's record: take it over.
                         existing.next_run_time, existing.job_state = next_run_time, state
                         existing.acquired_by = existing.acquired_until = None
                         existing.version = (existing.version or 0) + 1

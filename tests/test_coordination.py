@@ -641,3 +641,35 @@ def test_a_deferred_write_back_is_not_dispatched_again_meanwhile(a, row_locks):
     a._flush_write_backs()
     assert row("job").next_run_time == at(60)
     assert a.get_due_jobs(at(30)) == []
+
+
+def test_a_retried_add_never_takes_over_an_identical_job_another_process_claimed(a, b, monkeypatch):
+    """An add whose first attempt failed retryably finds the row: it may be another process's.
+
+    Processes that start together add byte-identical jobs (same definition,
+    same next run time). When one's insert fails with a retryable error and
+    its retry finds the other's row with the same state, that row may already
+    be claimed and dispatched: taking it over (clearing the claim, moving the
+    next run time back) let a third process dispatch the same fire again.
+    """
+    from django.db import OperationalError
+    from django.db.models.query import QuerySet
+
+    a.add_job(make_job(a, next_run_time=at(0)))
+    assert len(a.get_due_jobs(at(10))) == 1  # dispatched by A, not yet written back
+    before = row()
+    real_create = QuerySet.create
+    failures = []
+
+    def create_failing_once(self, **kwargs):
+        if self.model is DjangoJob and not failures:
+            failures.append(kwargs["id"])
+            raise OperationalError(2013, "Lost connection (database is locked), injected")
+        return real_create(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "create", create_failing_once)
+    b.add_job(make_job(b, next_run_time=at(0)))  # byte-identical to A's job: stored as asked
+    assert failures == ["job"]
+    after = row()
+    assert after.acquired_by == a._coordinator.instance_id, "B took over A's claim"
+    assert (after.version, after.next_run_time) == (before.version, before.next_run_time)
