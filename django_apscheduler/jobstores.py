@@ -823,7 +823,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 # (a view inside a long atomic block): _resolve defers them.
                 current = {
                     job_id: (version, holder)
-                    for job_id, version, holder in backend.lock_unclaimed(
+                    for job_id, version, holder in backend.lock_for_write_back(
                         rows.order_by("id"), using
                     ).values_list("id", "version", "acquired_by")
                 }
@@ -899,7 +899,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         with backend.write_transaction(using):
             rows = DjangoJob.objects.using(using).filter(id=wb.job_id)
             row = (
-                backend.lock_unclaimed(rows, using)
+                backend.lock_for_write_back(rows, using)
                 .values("job_state", "next_run_time", "acquired_by", "acquired_until")
                 .first()
             )
