@@ -446,12 +446,6 @@ class _PostgreSQLListener(Listener):
 class MySQLBackend(Backend):
     vendor = "mysql"
 
-    def lock_for_write_back(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
-        # InnoDB's SKIP LOCKED also passes over rows that another process's
-        # claim scan has only read-locked, and the storm test then showed fires
-        # dispatched twice: wait for the lock here, as before the skip.
-        return self.lock_for_write(queryset, using)
-
     # 1040 too many connections, 1053 server shutdown, 1205 lock wait timeout,
     # 1213 deadlock, 1927 connection killed (MariaDB), 2002/2003 cannot connect,
     # 2006 server has gone away, 2013 lost connection during query, 2055 lost

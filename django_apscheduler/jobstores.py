@@ -563,13 +563,15 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         self._dispatch_connection = self._off_the_loop(lambda: connections[self._db])
         self._coordinator.ensure_running()
         self._flush_write_backs()  # left over if a round ended without get_next_run_time
-        broken = self._known_broken()
+        # A job whose write-back is deferred still holds the fire just dispatched
+        # and our claim: claimed again, that fire would be dispatched twice.
+        excluded = self._known_broken() + self._coordinator.deferred_ids()
         limit = self._dispatch_limit()
         self._saturated = limit == 0
         if self._saturated:  # no free thread: the due jobs are left to other schedulers
             self._round_ids = set()
             return []
-        claims = self._coordinator.claim(now, broken, limit)
+        claims = self._coordinator.claim(now, excluded, limit)
         # Nothing claimed although the round was due: what is due is held by
         # another session's row lock (SKIP LOCKED passed it over).
         self._claimed_nothing = not claims

@@ -60,17 +60,20 @@ def hold_gil(path: str, marker: str, deadline: float) -> None:
 
     Like a job stuck in C code that never releases the GIL: the process's
     other threads (heartbeat, dispatch) get a moment only between two
-    stretches of about a second each.
+    stretches of two seconds or more. A lease renewal waits for the GIL after
+    each of its round trips, so it cannot finish within the tests' 4-second
+    lease: the heartbeat has surely stopped. (With half-second stretches it
+    sometimes kept up, and no other process ever saw the claim lapse.)
     """
     import re
 
     _append(path, {"event": "start", "pid": os.getpid(), "t": time.time()})
     pattern = re.compile(r"(a+)+b")
     size = 16
-    while True:  # calibrate: one match of about half a second or more
+    while True:  # calibrate: one match of two seconds or more
         began = time.monotonic()
         pattern.match("a" * size)
-        if time.monotonic() - began >= 0.4 or size >= 40:
+        if time.monotonic() - began >= 2.0 or size >= 40:
             break
         size += 1
     while not os.path.exists(marker) and time.time() < deadline:

@@ -23,7 +23,7 @@ from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from django.db import connection, connections
+from django.db import connections
 from django.test.utils import override_settings
 from django.utils import timezone
 
@@ -575,10 +575,6 @@ def row_locks(vendor):
 
 
 def test_write_back_of_a_row_locked_elsewhere_is_deferred_not_waited_for(a, b, row_locks):
-    if connection.vendor == "mysql":
-        pytest.skip(
-            "MySQL/MariaDB write-backs wait for row locks (see MySQLBackend.lock_for_write_back)"
-        )
     a.add_job(make_job(a, next_run_time=at(0)))
     a.add_job(make_job(a, id="other", next_run_time=at(0)))
     job, other = sorted(a.get_due_jobs(at(10)), key=lambda j: j.id)
@@ -633,10 +629,6 @@ def test_a_deferred_write_back_is_not_dispatched_again_meanwhile(a, row_locks):
     landed) and is still claimed by this instance: claiming it in the next
     round would dispatch the same fire twice.
     """
-    if connection.vendor == "mysql":
-        pytest.skip(
-            "MySQL/MariaDB write-backs wait for row locks (see MySQLBackend.lock_for_write_back)"
-        )
     a.add_job(make_job(a, next_run_time=at(0)))
     (job,) = a.get_due_jobs(at(10))
     with RowLockHolder("job") as holder:
@@ -649,6 +641,44 @@ def test_a_deferred_write_back_is_not_dispatched_again_meanwhile(a, row_locks):
     a._flush_write_backs()
     assert row("job").next_run_time == at(60)
     assert a.get_due_jobs(at(30)) == []
+
+
+def test_a_write_back_deferred_at_the_start_of_a_round_is_not_claimed_in_that_round(
+    a, row_locks, monkeypatch
+):
+    """The lock that deferred a write-back can be gone a moment later, when the round claims.
+
+    A round first retries the deferred write-backs, then claims. When the
+    other session's lock (on MariaDB, as brief as another scheduler's claim
+    scan reading the row) is still there for the retry but gone for the claim,
+    the row is claimable by this instance and still holds the fire already
+    dispatched: claiming it dispatched that fire a second time (the storm
+    test's duplicates on MariaDB).
+    """
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    holder = RowLockHolder("job").__enter__()
+    try:
+        job._modify(next_run_time=at(60))
+        a.update_job(job)
+        a._flush_write_backs()
+        assert a._coordinator.deferred_ids() == ["job"]
+        flush = a._flush_write_backs
+
+        def flush_then_unlock() -> None:
+            flush()  # the retry: still locked, deferred again
+            assert a._coordinator.deferred_ids() == ["job"]
+            holder.__exit__(None, None, None)  # the other session commits
+
+        monkeypatch.setattr(a, "_flush_write_backs", flush_then_unlock)
+        assert a.get_due_jobs(at(20)) == [], "the fire at(0) was dispatched a second time"
+    finally:
+        holder.__exit__(None, None, None)
+    assert not holder.timed_out
+    monkeypatch.undo()
+    a._flush_write_backs()
+    assert row("job").next_run_time == at(60)
+    assert a._coordinator.deferred_ids() == []
 
 
 def test_a_retried_add_never_takes_over_an_identical_job_another_process_claimed(a, b, monkeypatch):
