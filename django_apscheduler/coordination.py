@@ -341,7 +341,10 @@ class Coordinator:
                 self.held.pop(job_id, None)
 
     def defer(self, job_id: str) -> None:
-        """The job's write-back waits for a row lock of another session; keep the claim till then."""
+        """The job's write-back waits for another session's row lock or for the database.
+
+        The claim stays ours till it lands, and the job is not claimed again meanwhile.
+        """
         with self.lock:
             self.claims.pop(job_id, None)
             self.held.pop(job_id, None)

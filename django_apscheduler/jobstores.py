@@ -854,36 +854,37 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 )
             return {wb.job_id for wb in clean}
 
-        busy: list[_WriteBack] = []
+        settled: list[_WriteBack] = []
         try:
             written = self._run(write_all, "write back the dispatched jobs")
             for wb in pending:
-                if wb.job_id not in written:
+                if wb.job_id in written:
+                    settled.append(wb)
+                    continue
 
-                    def resolve(wb: _WriteBack = wb) -> str:
-                        return self._resolve(wb, wb.job_id in keep)
+                def resolve(wb: _WriteBack = wb) -> str:
+                    return self._resolve(wb, wb.job_id in keep)
 
-                    outcome = self._run(resolve, f"write back job {wb.job_id!r}")
-                    if outcome == "busy":
-                        busy.append(wb)
-                    else:
-                        self._log_outcome(wb, outcome)
+                outcome = self._run(resolve, f"write back job {wb.job_id!r}")
+                if outcome != "busy":
+                    self._log_outcome(wb, outcome)
+                    settled.append(wb)
         except Exception:
-            # Never kill the scheduler's loop: the claims expire after the lease
-            # time and the jobs are dispatched again.
+            # Never kill the scheduler's loop. Dropping these writes would let
+            # this process claim the rows again and dispatch the same fires twice.
             logger.exception(
-                "Could not write back %d dispatched jobs; they are dispatched again once "
-                "their claims expire",
-                len(pending),
+                "Could not write back %d dispatched jobs; retried at the next round, "
+                "their claims keep them from being dispatched again meanwhile",
+                len(pending) - len(settled),
             )
         finally:
-            for wb in pending:
-                if any(wb is other for other in busy):
-                    coordinator.defer(wb.job_id)
-                else:
-                    coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
+            retry = [wb for wb in pending if not any(wb is done for done in settled)]
+            for wb in settled:
+                coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
+            for wb in retry:
+                coordinator.defer(wb.job_id)
             # Retried first at the next flush; the claim stays ours meanwhile.
-            self._pending_writes[:0] = busy
+            self._pending_writes[:0] = retry
 
     def _resolve(self, wb: _WriteBack, keep: bool) -> str:
         """Write back one job whose row changed since it was claimed; return what happened."""

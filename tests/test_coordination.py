@@ -681,6 +681,39 @@ def test_a_write_back_deferred_at_the_start_of_a_round_is_not_claimed_in_that_ro
     assert a._coordinator.deferred_ids() == []
 
 
+def test_a_write_back_that_failed_is_retried_not_dispatched_again(a, monkeypatch, caplog):
+    """A write-back that fails (the database went away for longer than the retries) is kept.
+
+    Dropped, it left the row claimed by this instance with the fire just
+    dispatched: the next round claimed it again and dispatched that fire a
+    second time.
+    """
+    from django.db import DatabaseError
+
+    from django_apscheduler import db
+
+    a.add_job(make_job(a, next_run_time=at(0)))
+    (job,) = a.get_due_jobs(at(10))
+    real_update_rows = db.update_rows
+
+    def failing_update_rows(*args, **kwargs):
+        raise DatabaseError("the server went away (injected)")
+
+    monkeypatch.setattr(db, "update_rows", failing_update_rows)
+    job._modify(next_run_time=at(60))
+    a.update_job(job)
+    with caplog.at_level(logging.ERROR, logger="django_apscheduler"):
+        a._flush_write_backs()
+    assert "Could not write back 1 dispatched jobs" in caplog.text
+    assert a._coordinator.deferred_ids() == ["job"]
+    assert row().acquired_by == a._coordinator.instance_id  # still ours
+    monkeypatch.setattr(db, "update_rows", real_update_rows)
+    # The next round retries the write first, and does not claim the job again.
+    assert a.get_due_jobs(at(20)) == [], "the fire at(0) was dispatched a second time"
+    assert row().next_run_time == at(60)
+    assert row().acquired_by is None and a._coordinator.deferred_ids() == []
+
+
 def test_a_retried_add_never_takes_over_an_identical_job_another_process_claimed(a, b, monkeypatch):
     """An add whose first attempt failed retryably finds the row: it may be another process's.
 
