@@ -8,6 +8,8 @@ from typing import Any
 B1_VS_SQLALCHEMY = 3.0  # at least 3x SQLAlchemyJobStore ...
 B1_VS_MEMORY = 0.25  # ... and at least 25% of MemoryJobStore (SQLite and PostgreSQL)
 B2_MAX_PER_MINUTE = 60
+#: Issue 10: on PostgreSQL, where NOTIFY carries the changes, at most 20 a minute.
+B2_MAX_PER_MINUTE_BY_BACKEND = {"postgres": 20}
 B3_MAX_P50_S = 0.2  # PostgreSQL
 B4_MAX_COST_RATIO = 1.2
 B4_MAX_MEMORY_RATIO = 1.10  # "memory flat": at most 10% more peak RSS
@@ -67,6 +69,7 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
         b2 = res.get("b2")
         if b2:
             ref = b2.get("sqlalchemy_reference")
+            most = B2_MAX_PER_MINUTE_BY_BACKEND.get(backend, B2_MAX_PER_MINUTE)
             add(
                 "B2 idle",
                 backend,
@@ -74,8 +77,8 @@ def rows(results: dict[str, Any]) -> list[dict[str, str]]:
                 f" + transaction control)",
                 f"SQLAlchemyJobStore {ref['per_minute']:.0f}/min" if ref else "",
                 "",
-                f"<= {B2_MAX_PER_MINUTE}/min",
-                b2["per_minute"] <= B2_MAX_PER_MINUTE,
+                f"<= {most}/min",
+                b2["per_minute"] <= most,
             )
         b3 = res.get("b3")
         if b3:

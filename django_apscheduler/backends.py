@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections, transaction
@@ -290,6 +291,19 @@ class Backend:
         """
         return isinstance(exc, InterfaceError)
 
+    def heartbeat(
+        self, instances: QuerySet[M], instance_id: str, now: datetime, dead_before: datetime
+    ) -> tuple[bool, bool | None]:
+        """Write ``instance_id``'s heartbeat ``now``; return (row found, any other instance dead).
+
+        "Dead" means a heartbeat older than ``dead_before``. Where one
+        statement can say both, the caller needs no query of its own to look
+        for dead instances (an idle scheduler's cost); elsewhere the second
+        value is None: unknown.
+        """
+        found = instances.filter(pk=instance_id).update(last_heartbeat=now)
+        return bool(found), None
+
     def lock_unclaimed(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
         """Lock the rows ``queryset`` selects for writing, skipping rows another transaction holds.
 
@@ -391,6 +405,27 @@ class PostgreSQLBackend(Backend):
         # with the key-share locks of the foreign-key checks of executions being
         # logged, so dispatching and logging do not wait for each other.
         return queryset.select_for_update(skip_locked=skip_locked, no_key=True)
+
+    def heartbeat(
+        self, instances: QuerySet[M], instance_id: str, now: datetime, dead_before: datetime
+    ) -> tuple[bool, bool | None]:
+        meta = instances.model._meta
+        connection = connections[instances.db]
+        quote = connection.ops.quote_name
+        pk_column = cast(str, meta.pk.column)  # type: ignore[union-attr]
+        beat_column = cast(str, meta.get_field("last_heartbeat").column)  # type: ignore[union-attr]
+        table, pk, beat = quote(meta.db_table), quote(pk_column), quote(beat_column)
+        # The subquery reads the snapshot from before the update; it leaves this row out.
+        sql = (
+            f"UPDATE {table} SET {beat} = %s WHERE {pk} = %s RETURNING "
+            f"EXISTS (SELECT 1 FROM {table} other WHERE other.{beat} < %s AND other.{pk} <> %s)"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [now, instance_id, dead_before, instance_id])
+            row = cursor.fetchone()
+        if row is None:
+            return False, None
+        return True, bool(row[0])
 
     def notify(self, using: str) -> None:
         with connections[using].cursor() as cursor:

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     # another process added or changed (one indexed query). On PostgreSQL such
     # changes also arrive at once through LISTEN/NOTIFY.
     "APSCHEDULER_POLL_INTERVAL": 2,
+    # The same, while a PostgreSQL LISTEN connection is up: notifications then
+    # bring every change made through the app at once, and this slower poll
+    # only catches changes made outside it (SQL by hand, a restored table).
+    "APSCHEDULER_LISTEN_POLL_INTERVAL": 60,
     # Most due jobs one scheduler takes from the database in one dispatch round;
     # the rest wait for its next round or go to other schedulers.
     "APSCHEDULER_DISPATCH_BATCH_SIZE": 500,
@@ -133,6 +137,11 @@ def poll_interval() -> float:
     return _float("APSCHEDULER_POLL_INTERVAL")
 
 
+def listen_poll_interval() -> float:
+    """``APSCHEDULER_LISTEN_POLL_INTERVAL``: the poll interval while notifications are received."""
+    return _float("APSCHEDULER_LISTEN_POLL_INTERVAL")
+
+
 def dispatch_batch_size() -> int:
     """``APSCHEDULER_DISPATCH_BATCH_SIZE``: most due jobs one dispatch round takes."""
     return _int("APSCHEDULER_DISPATCH_BATCH_SIZE")
@@ -212,6 +221,7 @@ def problems() -> list[tuple[str, str, str]]:
     for name in ("APSCHEDULER_LEASE_TIME", "APSCHEDULER_HEARTBEAT_INTERVAL"):
         add(_number(name, minimum=0.1))
     add(_number("APSCHEDULER_POLL_INTERVAL", minimum=0.05))
+    add(_number("APSCHEDULER_LISTEN_POLL_INTERVAL", minimum=0.05))
     add(_number("APSCHEDULER_EXECUTION_RETENTION", minimum=1, allow_none=True))
     for name, minimum in (
         ("APSCHEDULER_DISPATCH_BATCH_SIZE", 1),

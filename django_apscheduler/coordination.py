@@ -267,6 +267,8 @@ class Coordinator:
         self._wake_reader.setblocking(False)
         self._listener: backends.Listener | None = None
         self._listen_retry_at = 0.0
+        #: What the last heartbeat said about other instances: one is dead, none is, or unknown.
+        self._others_dead: bool | None = None
         # The wake-up time the scheduler last got from the store, guarded by
         # ``wake_lock`` so a poll never compares against a stale value.
         self.wake_lock = threading.Lock()
@@ -423,13 +425,16 @@ class Coordinator:
         self._store._run(register, "register the scheduler instance")
 
     def _housekeep(self) -> None:
-        poll = conf.poll_interval()
+        poll, listen_poll = conf.poll_interval(), conf.listen_poll_interval()
         beat = conf.heartbeat_interval()
         reap = max(conf.lease_time(), beat)
         now = time.monotonic()
-        next_poll, next_beat, next_reap = now + poll, now + beat, now + beat
+        last_poll, next_beat, next_reap = now, now + beat, now + beat
         try:
             while not self._stopping.is_set():
+                # While notifications arrive, the poll is only a safety net (a
+                # lost listener brings the short interval back at once).
+                next_poll = last_poll + (listen_poll if self._listener is not None else poll)
                 timeout = max(0.0, min(next_poll, next_beat, next_reap) - time.monotonic())
                 notified = self._wait(timeout)
                 if self._stopping.is_set():
@@ -444,11 +449,16 @@ class Coordinator:
                     next_beat = now + beat
                     self._safely(self._heartbeat, "heartbeat")
                     self._safely(self._release_idle, "release finished jobs")
+                    if self._others_dead:  # the heartbeat saw one: retire it now
+                        next_reap = now
                 if now >= next_reap:
                     next_reap = now + reap
-                    self._safely(self._reap, "retire dead scheduler instances")
+                    # Where the heartbeat tells whether any instance is dead,
+                    # there is nothing to look for when it says none is.
+                    if self._others_dead is not False:
+                        self._safely(self._reap, "retire dead scheduler instances")
                 if now >= next_poll and not self._abandoned:
-                    next_poll = now + poll
+                    last_poll = now
                     self._safely(self._poll, "look for changed jobs")
         finally:
             self._close_listener()
@@ -532,14 +542,17 @@ class Coordinator:
             holding = bool(self.held or self.claims or self.deferred)
             deferred = bool(self.deferred)
 
-        def beat() -> int:
-            return (
-                DjangoSchedulerInstance.objects.using(using)
-                .filter(id=instance)
-                .update(last_heartbeat=now)
+        self._others_dead = None
+
+        def beat() -> tuple[bool, bool | None]:
+            return backends.for_alias(using).heartbeat(
+                DjangoSchedulerInstance.objects.using(using),
+                instance or "",
+                now,
+                now - lease_time(),
             )
 
-        found = self._housekeeping_run(beat, "heartbeat")
+        found, self._others_dead = self._housekeeping_run(beat, "heartbeat")
         if not found and not self._stopping.is_set():
             logger.warning(
                 "Scheduler instance %s was taken for dead by another scheduler (no heartbeat "

@@ -26,6 +26,7 @@ FLOATS = {
     "APSCHEDULER_LEASE_TIME": conf.lease_time,
     "APSCHEDULER_HEARTBEAT_INTERVAL": conf.heartbeat_interval,
     "APSCHEDULER_POLL_INTERVAL": conf.poll_interval,
+    "APSCHEDULER_LISTEN_POLL_INTERVAL": conf.listen_poll_interval,
     "APSCHEDULER_SHUTDOWN_TIMEOUT": conf.shutdown_timeout,
 }
 INTS = {

@@ -437,6 +437,48 @@ def test_start_up_re_add_through_the_scheduler_keeps_the_schedule(make_scheduler
 # --- dead instances, paused schedulers, shutdown ----------------------------------------
 
 
+def test_the_heartbeat_says_whether_another_instance_is_dead_where_one_statement_can(vendor):
+    """PostgreSQL answers in the heartbeat's own statement; elsewhere the answer is "unknown"."""
+    from django_apscheduler import backends
+
+    now = timezone.now()
+    beat = backends.for_alias("default").heartbeat
+    instances = DjangoSchedulerInstance.objects.using("default")
+    cutoff = now - timedelta(seconds=10)
+    assert beat(instances, "host:1:me", now, cutoff) == (False, None)  # no row: register again
+    DjangoSchedulerInstance.objects.create(
+        id="host:1:me", host="host", pid=1, started=now, last_heartbeat=now - timedelta(hours=1)
+    )
+    DjangoSchedulerInstance.objects.create(
+        id="host:2:other", host="host", pid=2, started=now, last_heartbeat=now
+    )
+    none_dead = beat(instances, "host:1:me", now, cutoff)
+    assert DjangoSchedulerInstance.objects.get(id="host:1:me").last_heartbeat == now
+    DjangoSchedulerInstance.objects.filter(id="host:2:other").update(
+        last_heartbeat=now - timedelta(minutes=1)
+    )
+    one_dead = beat(instances, "host:1:me", now, cutoff)
+    if vendor == "postgresql":
+        assert (none_dead, one_dead) == ((True, False), (True, True))
+    else:
+        assert (none_dead, one_dead) == ((True, None), (True, None))
+
+
+@override_settings(
+    APSCHEDULER_LEASE_TIME=1, APSCHEDULER_HEARTBEAT_INTERVAL=0.3, APSCHEDULER_POLL_INTERVAL=0.2
+)
+def test_a_running_scheduler_retires_an_instance_once_it_stops_heartbeating(a):
+    """Alive at first (the heartbeat says none is dead), then dead: it is retired all the same."""
+    a.get_due_jobs(at(0))  # registers the instance and starts its housekeeping
+    DjangoSchedulerInstance.objects.create(
+        id="host:9:gone", host="host", pid=9, started=timezone.now(), last_heartbeat=timezone.now()
+    )
+    wait_until(
+        lambda: not DjangoSchedulerInstance.objects.filter(id="host:9:gone").exists(), timeout=30
+    )
+    assert DjangoSchedulerInstance.objects.filter(id=a._coordinator.instance_id).exists()
+
+
 def test_reap_dead_instances_interrupts_their_runs_and_frees_their_jobs():
     """A dead instance's started runs become Interrupted, its claims and row go; the living stay."""
     now = timezone.now()

@@ -46,6 +46,11 @@ def test_default_settings_pass_every_check():
         ({"APSCHEDULER_LEASE_TIME": "10"}, "E001", ["APSCHEDULER_LEASE_TIME", "'10'"]),
         ({"APSCHEDULER_HEARTBEAT_INTERVAL": 0}, "E001", ["APSCHEDULER_HEARTBEAT_INTERVAL", "0"]),
         ({"APSCHEDULER_POLL_INTERVAL": None}, "E001", ["APSCHEDULER_POLL_INTERVAL", "None"]),
+        (
+            {"APSCHEDULER_LISTEN_POLL_INTERVAL": 0},
+            "E001",
+            ["APSCHEDULER_LISTEN_POLL_INTERVAL", "0"],
+        ),
         ({"APSCHEDULER_DB_RETRY_TIMEOUT": -5}, "E001", ["APSCHEDULER_DB_RETRY_TIMEOUT", "-5"]),
         (
             {"APSCHEDULER_EXECUTION_RETENTION": 0},
