@@ -6,6 +6,7 @@
     manage.py apscheduler run JOB_ID [JOB_ID ...] [--timeout SECONDS]
     manage.py apscheduler pause|resume|remove JOB_ID
     manage.py apscheduler prune --max-age 7d
+    manage.py apscheduler sign --all | JOB_ID [JOB_ID ...]
     manage.py apscheduler health [--this-host] [--jobs] [--no-instance] [--format json]
 
 ``health`` is a liveness check by default: it exits 0 when a scheduler
@@ -19,6 +20,11 @@ probe never restarts healthy processes in a loop over it.
 Every action takes Django's standard options (``--settings``, ``-v``,
 ``--traceback`` ...) before or after its name. Unknown job ids are reported
 by name, with exit code 1.
+
+``sign`` signs stored job states with the current ``SECRET_KEY`` as they are,
+on purpose: for rows this app did not sign with this key (a backup made under
+another ``SECRET_KEY``, a row copied by hand), which are otherwise never
+unpickled. See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from django_apscheduler.models import (
     DjangoSchedulerInstance,
     classify_job,
 )
+
+logger = logging.getLogger("django_apscheduler.management")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -99,6 +107,14 @@ class Command(BaseCommand):
             action(name, text).add_argument("job_id", metavar="JOB_ID")
         prune = action("prune", "Delete logged runs older than --max-age.")
         prune.add_argument("--max-age", required=True, help="e.g. 604800, 12h, 7d, 2w")
+        sign = action(
+            "sign",
+            "Sign stored job states with the current SECRET_KEY, as they are (trusted rows "
+            "restored from another environment); prints each row signed.",
+        )
+        which = sign.add_mutually_exclusive_group(required=True)
+        which.add_argument("--all", action="store_true", help="Every stored job.")
+        which.add_argument("job_ids", nargs="*", default=[], metavar="JOB_ID")
         health = action(
             "health",
             "Liveness: exit 0 if a scheduler instance heartbeats, 1 if not. With --jobs, also "
@@ -339,6 +355,33 @@ class Command(BaseCommand):
         deleted = DjangoJobExecution.objects.delete_old_job_executions(seconds)
         self.stdout.write(f"Deleted {deleted} logged runs older than {max_age}.")
 
+    # --- sign -------------------------------------------------------------------------
+
+    def do_sign(self, all: bool, job_ids: list[str], **options: Any) -> None:
+        rows = DjangoJob.objects.all()
+        if not all:
+            known = set(DjangoJob.objects.filter(id__in=job_ids).values_list("id", flat=True))
+            unknown = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in known]
+            if unknown:
+                raise CommandError(
+                    f"No job with the id {', '.join(map(repr, unknown))} is stored; nothing "
+                    "signed. `manage.py apscheduler list` shows the ids.",
+                    returncode=1,
+                )
+            rows = rows.filter(id__in=job_ids)
+        signed = rows.sign()
+        for job_id, was in signed:
+            self.stdout.write(f"{job_id}: signed (was {was}).")
+        if signed:
+            logger.warning(
+                "apscheduler sign: signed %d stored jobs with the current SECRET_KEY: %s",
+                len(signed),
+                ", ".join(job_id for job_id, _ in signed),
+            )
+        self.stdout.write(
+            f"Signed {len(signed)} jobs; the others were signed with the current key already."
+        )
+
     # --- health -----------------------------------------------------------------------
 
     def do_health(
@@ -409,9 +452,11 @@ class Command(BaseCommand):
         """
         slack = lease + timedelta(seconds=conf.poll_interval())
         broken, overdue = [], []
-        rows = DjangoJob.objects.order_by("id").values_list("id", "next_run_time", "job_state")
-        for job_id, next_run_time, state in rows.iterator():
-            classified = classify_job(state, next_run_time)
+        rows = DjangoJob.objects.order_by("id").values_list(
+            "id", "next_run_time", "job_state", "job_signature"
+        )
+        for job_id, next_run_time, state, signature in rows.iterator():
+            classified = classify_job(job_id, state, signature, next_run_time)
             if classified.error is not None:
                 broken.append({"id": job_id, "reason": classified.reason})
                 continue
