@@ -140,7 +140,7 @@ class DjangoJobQuerySet(models.QuerySet):
                 found.append((job_id, checked.problem))
         return found
 
-    def sign(self) -> list[tuple[str, str]]:
+    def sign(self, old_keys_only: bool = False) -> list[tuple[str, str]]:
         """Sign the selected rows' states with the current key, as they are; return what changed.
 
         For trusted rows that this app did not sign (a backup made under
@@ -148,7 +148,9 @@ class DjangoJobQuerySet(models.QuerySet):
         is locked while it is signed, so a state written meanwhile is never
         signed by mistake. Returns ``(id, what it was)`` per row signed:
         ``"unsigned"``, ``"signature mismatch"`` or ``"signed with an old key"``;
-        rows already signed with the current key are left alone.
+        rows already signed with the current key are left alone. With
+        ``old_keys_only``, only rows signed with a ``SECRET_KEY_FALLBACKS`` key
+        are signed (key rotation): a row no key verifies is never signed then.
         """
         from django_apscheduler import backends
 
@@ -160,7 +162,7 @@ class DjangoJobQuerySet(models.QuerySet):
             rows = backend.lock_for_write(selected, using)
             for job_id, state, signature in rows.values_list("id", "job_state", "job_signature"):
                 checked = signing.check(job_id, state, signature)
-                if checked.ok and checked.current:
+                if (checked.ok and checked.current) or (old_keys_only and not checked.ok):
                     continue
                 DjangoJob.objects.using(using).filter(id=job_id).update(
                     job_signature=signing.sign(job_id, state)

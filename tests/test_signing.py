@@ -464,6 +464,25 @@ def test_sign_signs_the_named_rows_and_says_what_it_signed(marker):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_sign_old_keys_re_signs_only_rows_a_fallback_key_verifies(marker):
+    state = good_state("rotated", None)
+    with override_settings(SECRET_KEY="old-key"):
+        signature = signing.sign("rotated", state)
+    DjangoJob.objects.create(
+        id="rotated", next_run_time=None, job_state=state, job_signature=signature
+    )
+    DjangoJob.objects.create(id="planted", next_run_time=None, job_state=payload(marker))
+    with override_settings(SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"]):
+        code, text = command("sign", "--old-keys")
+        assert code == 0
+        assert "rotated: signed (was signed with an old key)." in text
+        assert "planted" not in text and "Signed 1 jobs" in text
+    with override_settings(SECRET_KEY="new-key"):
+        assert DjangoJob.objects.get(id="rotated").classify().name == "paused"
+        assert DjangoJob.objects.get(id="planted").classify().reason == "unsigned"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_real_sign_process_signs_a_restored_row():
     state = good_state("backup", None)
     DjangoJob.objects.create(id="backup", next_run_time=None, job_state=state)

@@ -6,7 +6,7 @@
     manage.py apscheduler run JOB_ID [JOB_ID ...] [--timeout SECONDS]
     manage.py apscheduler pause|resume|remove JOB_ID
     manage.py apscheduler prune --max-age 7d
-    manage.py apscheduler sign --all | JOB_ID [JOB_ID ...]
+    manage.py apscheduler sign --all | --old-keys | JOB_ID [JOB_ID ...]
     manage.py apscheduler health [--this-host] [--jobs] [--no-instance] [--format json]
 
 ``health`` is a liveness check by default: it exits 0 when a scheduler
@@ -114,6 +114,12 @@ class Command(BaseCommand):
         )
         which = sign.add_mutually_exclusive_group(required=True)
         which.add_argument("--all", action="store_true", help="Every stored job.")
+        which.add_argument(
+            "--old-keys",
+            action="store_true",
+            help="Only the jobs signed with a SECRET_KEY_FALLBACKS key (key rotation); rows "
+            "that no key verifies stay unsigned.",
+        )
         which.add_argument("job_ids", nargs="*", default=[], metavar="JOB_ID")
         health = action(
             "health",
@@ -357,9 +363,9 @@ class Command(BaseCommand):
 
     # --- sign -------------------------------------------------------------------------
 
-    def do_sign(self, all: bool, job_ids: list[str], **options: Any) -> None:
+    def do_sign(self, all: bool, old_keys: bool, job_ids: list[str], **options: Any) -> None:
         rows = DjangoJob.objects.all()
-        if not all:
+        if not all and not old_keys:
             known = set(DjangoJob.objects.filter(id__in=job_ids).values_list("id", flat=True))
             unknown = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in known]
             if unknown:
@@ -369,7 +375,7 @@ class Command(BaseCommand):
                     returncode=1,
                 )
             rows = rows.filter(id__in=job_ids)
-        signed = rows.sign()
+        signed = rows.sign(old_keys_only=old_keys)
         for job_id, was in signed:
             self.stdout.write(f"{job_id}: signed (was {was}).")
         if signed:
