@@ -431,6 +431,7 @@ def test_list_run_and_health_report_planted_rows_without_running_them(marker):
     for job_id, problem in PROBLEMS.items():
         assert probe.stderr.count(f"{job_id} ({problem})") == 1, probe.stderr
     assert "good" not in probe.stderr
+    assert "apscheduler sign JOB_ID" in probe.stderr
 
 
 @pytest.mark.django_db(transaction=True)

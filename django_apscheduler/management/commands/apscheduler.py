@@ -45,7 +45,11 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from django_apscheduler import client, conf, coordination, executions, run_now, util
-from django_apscheduler.exceptions import DeclaredJobError, UnrestorableJobError
+from django_apscheduler.exceptions import (
+    DeclaredJobError,
+    UnrestorableJobError,
+    UntrustedJobStateError,
+)
 from django_apscheduler.models import (
     DjangoJob,
     DjangoJobExecution,
@@ -54,6 +58,9 @@ from django_apscheduler.models import (
 )
 
 logger = logging.getLogger("django_apscheduler.management")
+
+#: The reasons of rows refused for their signature.
+UNTRUSTED = (UntrustedJobStateError.UNSIGNED, UntrustedJobStateError.MISMATCH)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -418,6 +425,12 @@ class Command(BaseCommand):
                     "cannot be restored (broken): "
                     + ", ".join(f"{b['id']} ({b['reason']})" for b in broken)
                     + "; fix the code or remove them (`manage.py apscheduler remove JOB_ID`)"
+                    + (
+                        "; sign trusted rows that are unsigned or mismatched "
+                        "(`manage.py apscheduler sign JOB_ID`, see docs/security.md)"
+                        if any(b["reason"] in UNTRUSTED for b in broken)
+                        else ""
+                    )
                 )
             if overdue:
                 problems.append(
