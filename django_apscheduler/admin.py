@@ -70,7 +70,7 @@ class DjangoJobAdmin(admin.ModelAdmin):
     ordering = [F("next_run_time").asc(nulls_last=True), "id"]
     #: A job's schedule lives in its pickled state; editing the columns here would
     #: only make them disagree with it. Jobs are added and changed through a scheduler.
-    readonly_fields = ["id", "next_run_time", "acquired_by", "acquired_until"]
+    readonly_fields = ["id", "state", "next_run_time", "acquired_by", "acquired_until"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -113,11 +113,10 @@ class DjangoJobAdmin(admin.ModelAdmin):
         state = obj.classify()
         if state.error is not None:
             return format_html(
-                '<span style="color: {};">{}: {}: {}</span>',
+                '<span style="color: {};">{}: {}</span>',
                 self.state_color_mapping["broken"],
                 _("broken"),
-                type(state.error).__name__,
-                state.error,
+                state.reason,
             )
         return format_html(
             '<span style="color: {};">{}</span>',

@@ -45,3 +45,39 @@ def check_declared_executors(app_configs: Any = None, **kwargs: Any) -> list[che
                 )
             )
     return found
+
+
+@checks.register(checks.Tags.database)
+def check_signed_jobs(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A warning naming the stored jobs whose signature is missing or wrong (never unpickled).
+
+    A database check (``manage.py check --database default``, and ``migrate``):
+    it reads every stored state to verify its signature. Nothing is reported
+    while the signature column does not exist yet (before ``migrate``).
+    """
+    from django.db import DatabaseError, router
+
+    from django_apscheduler.models import DjangoJob
+
+    databases = kwargs.get("databases") or []
+    using = router.db_for_read(DjangoJob)
+    if using not in databases:
+        return []
+    try:
+        untrusted = DjangoJob.objects.using(using).untrusted()
+    except DatabaseError:  # not migrated yet
+        return []
+    if not untrusted:
+        return []
+    shown = ", ".join(f"{job_id!r} ({problem})" for job_id, problem in untrusted[:20])
+    more = f" and {len(untrusted) - 20} more" if len(untrusted) > 20 else ""
+    return [
+        checks.Warning(
+            f"{len(untrusted)} stored jobs are not signed with SECRET_KEY or "
+            f"SECRET_KEY_FALLBACKS and never run: {shown}{more}.",
+            hint="If these rows are trusted (a backup made under another SECRET_KEY), sign "
+            "them: `manage.py apscheduler sign JOB_ID ...` (or --all); otherwise remove them. "
+            "See docs/security.md.",
+            id="django_apscheduler.W001",
+        )
+    ]

@@ -76,6 +76,7 @@ class Claim:
     job_state: bytes
     version: int | None
     next_run_time: datetime
+    job_signature: str | None = None
 
 
 def claim_due(
@@ -105,14 +106,17 @@ def claim_due(
         if exact:
             rows = rows[:limit]
         claims = [
-            Claim(job_id, bytes(state), version, nrt)
-            for job_id, state, version, nrt in rows.values_list(
-                "id", "job_state", "version", "next_run_time"
+            Claim(job_id, bytes(state), version, nrt, signature)
+            for job_id, state, version, nrt, signature in rows.values_list(
+                "id", "job_state", "version", "next_run_time", "job_signature"
             )
             if nrt is not None  # always: the filter asks for next_run_time__lte
         ]
         if not exact:
-            instants = [(_instant(c.next_run_time, c.job_state), c) for c in claims]
+            instants = [
+                (_instant(c.job_id, c.next_run_time, c.job_state, c.job_signature), c)
+                for c in claims
+            ]
             known = [(util.utc(at), c) for at, c in instants if at is not None]
             due = [(at, c) for at, c in known if at <= util.utc(due_by)]
             claims = [c for _, c in sorted(due, key=lambda item: (item[0], item[1].job_id))]
@@ -124,17 +128,25 @@ def claim_due(
     return claims
 
 
-def _instant(next_run_time: datetime | None, job_state: bytes | memoryview) -> datetime | None:
+def _instant(
+    job_id: str,
+    next_run_time: datetime | None,
+    job_state: bytes | memoryview,
+    job_signature: str | None,
+) -> datetime | None:
     """The instant a row's stored next run time stands for, disambiguated by its state.
 
-    The state is unpickled only for an ambiguous local time; any other names
-    one instant, whatever the state says (the row wins, see the job store).
+    The state is unpickled only for an ambiguous local time, and only if its
+    signature verifies; any other names one instant, whatever the state says
+    (the row wins, see the job store).
     """
     if next_run_time is None or timezone.is_aware(next_run_time):
         return next_run_time
     if not util.is_ambiguous(next_run_time):
         return util.stored_instant(next_run_time)
-    return util.stored_instant(next_run_time, util.state_next_run_time(job_state))
+    return util.stored_instant(
+        next_run_time, util.state_next_run_time(job_id, job_state, job_signature)
+    )
 
 
 def earliest_claimable(using: str, instance: str, exclude: Iterable[str]) -> datetime | None:
@@ -159,7 +171,10 @@ def earliest_claimable(using: str, instance: str, exclude: Iterable[str]) -> dat
         return util.stored_instant(first)
     near = rows.filter(next_run_time__lte=first + util.MAX_OFFSET_CHANGE)
     instants = [
-        _instant(nrt, state) for nrt, state in near.values_list("next_run_time", "job_state")
+        _instant(job_id, nrt, state, signature)
+        for job_id, nrt, state, signature in near.values_list(
+            "id", "next_run_time", "job_state", "job_signature"
+        )
     ]
     return min(util.utc(at) for at in instants if at is not None)
 

@@ -26,6 +26,31 @@ class UnrestorableJobError(DjangoApschedulerError, LookupError):
         )
 
 
+class UntrustedJobStateError(DjangoApschedulerError, ValueError):
+    """A stored job state whose signature is missing or wrong: it is never unpickled.
+
+    ``problem`` is ``"unsigned"`` (no signature) or ``"signature mismatch"``
+    (a signature that no key of ``SECRET_KEY`` and ``SECRET_KEY_FALLBACKS``
+    made for this id and state). The row is kept and left out of dispatch.
+    Whoever wrote it did not go through this app with this ``SECRET_KEY``:
+    a backup restored from another environment (sign it on purpose with
+    ``manage.py apscheduler sign JOB_ID``), or someone writing to the table.
+    """
+
+    UNSIGNED = "unsigned"
+    MISMATCH = "signature mismatch"
+
+    def __init__(self, job_id: str, problem: str) -> None:
+        self.job_id = job_id
+        self.problem = problem
+        super().__init__(
+            f"{problem}: the stored state of job {job_id!r} is not signed with SECRET_KEY or "
+            "SECRET_KEY_FALLBACKS, so it is not unpickled. If the row is trusted (a backup "
+            f"made under another SECRET_KEY), `manage.py apscheduler sign {job_id}` signs it; "
+            "otherwise remove it."
+        )
+
+
 class InvalidJobIdError(DjangoApschedulerError, ValueError):
     """A job id the database cannot hold: not a string, empty, or longer than the column.
 

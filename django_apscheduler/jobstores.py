@@ -31,11 +31,21 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_apscheduler import backends, conf, coordination, db, executions, internals, util
+from django_apscheduler import (
+    backends,
+    conf,
+    coordination,
+    db,
+    executions,
+    internals,
+    signing,
+    util,
+)
 from django_apscheduler.exceptions import (
     InvalidJobIdError,
     UnpicklableJobError,
     UnrestorableJobError,
+    UntrustedJobStateError,
 )
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
@@ -141,16 +151,20 @@ def _unpicklable_part(job: Job, state: dict[str, Any], protocol: int) -> str:
     return "its state"
 
 
-def restore_job(job_state: bytes | memoryview) -> Job:
-    """Turn a stored ``job_state`` back into an (unbound) APScheduler job.
+def restore_job(job_id: str, job_state: bytes | memoryview, job_signature: str | None) -> Job:
+    """Turn a stored row back into an (unbound) APScheduler job, if its signature verifies.
 
-    Raises whatever unpickling raises: a function that no longer exists, a
-    trigger class that cannot be imported, a state from an incompatible
-    APScheduler version.
+    Raises :class:`UntrustedJobStateError` (nothing unpickled) for a state
+    whose signature is missing or wrong, and otherwise whatever unpickling
+    raises: a function that no longer exists, a trigger class that cannot be
+    imported, a state from an incompatible APScheduler version.
     """
-    state = pickle.loads(bytes(job_state))
+    return _job_from(signing.verify(job_id, job_state, job_signature))
+
+
+def _job_from(state: signing.Verified) -> Job:
     job = Job.__new__(Job)
-    job.__setstate__(state)
+    job.__setstate__(signing.loads(state))
     return job
 
 
@@ -385,15 +399,33 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             part = _unpicklable_part(job, state, self.pickle_protocol)
             raise UnpicklableJobError(job.id, part, exc) from exc
 
-    def _reconstitute_job(self, job_state: bytes | memoryview) -> Job:
-        job = restore_job(job_state)
+    def _reconstitute_job(self, job_state: signing.Verified) -> Job:
+        """The job of a verified state (:func:`signing.verify`), bound to this store."""
+        job = _job_from(job_state)
         internals.bind_job(job, self._scheduler, self._alias)
         return job
 
-    def _restore(self, job_id: str, job_state: bytes | memoryview) -> Job | None:
-        """Restore one row, or note it as broken (logged once per reason) and return None."""
+    def _restore(
+        self, job_id: str, job_state: bytes | memoryview, job_signature: str | None
+    ) -> Job | None:
+        """Restore one row, or note it as broken (logged once per reason) and return None.
+
+        A row whose signature is missing or wrong is not unpickled at all.
+        """
         try:
-            return self._reconstitute_job(job_state)
+            verified = signing.verify(job_id, job_state, job_signature)
+        except UntrustedJobStateError as exc:
+            self._note_broken(
+                job_id,
+                exc.problem,
+                "Job %r is skipped and its stored state is not unpickled: %s (not signed with "
+                "SECRET_KEY or SECRET_KEY_FALLBACKS for this id). It stays in the database; if "
+                "the row is trusted, `manage.py apscheduler sign JOB_ID` signs it, otherwise "
+                "remove it.",
+            )
+            return None
+        try:
+            return self._reconstitute_job(verified)
         except Exception as exc:
             self._note_broken(
                 job_id,
@@ -472,13 +504,13 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         def query() -> list[tuple[str, Any, Any]]:
             rows = DjangoJob.objects.using(self._db).filter(**filters)
             rows = rows.order_by(F("next_run_time").asc(nulls_last=True), "id")
-            return list(rows.values_list("id", "job_state", "next_run_time"))
+            return list(rows.values_list("id", "job_state", "job_signature", "next_run_time"))
 
         jobs = []
-        for job_id, job_state, next_run_time in self._run(query, "load jobs"):
+        for job_id, job_state, job_signature, next_run_time in self._run(query, "load jobs"):
             if not job_state:  # the kept record of a finished one-shot job
                 continue
-            job = self._restore(job_id, job_state)
+            job = self._restore(job_id, job_state, job_signature)
             if job is not None:
                 self._follow_row(job, job_id, next_run_time)
                 jobs.append(job)
@@ -541,15 +573,16 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return (
                 DjangoJob.objects.using(self._db)
                 .filter(id=job_id)
-                .values_list("job_state", "next_run_time")
+                .values_list("job_state", "job_signature", "next_run_time")
                 .first()
             )
 
-        job_state, next_run_time = self._run(query, f"look up job {job_id!r}") or (None, None)
+        row = self._run(query, f"look up job {job_id!r}") or (None, None, None)
+        job_state, job_signature, next_run_time = row
         if not job_state:
             return None
         try:
-            job = self._reconstitute_job(job_state)
+            job = self._reconstitute_job(signing.verify(job_id, job_state, job_signature))
         except Exception as exc:
             raise UnrestorableJobError(job_id, exc) from exc
         self._follow_row(job, job_id, next_run_time)
@@ -580,7 +613,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         jobs = []
         unusable = []
         for claim in claims:
-            job = self._restore(claim.job_id, claim.job_state)
+            job = self._restore(claim.job_id, claim.job_state, claim.job_signature)
             if job is not None:
                 self._follow_row(job, claim.job_id, claim.next_run_time)
             if job is None or not self._dispatchable(job, now):
@@ -651,6 +684,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def add_job(self, job: Job) -> DjangoJob:
         validate_job_id(job.id)  # one clear error on every database, before any write
         state = self._state(job)
+        signature = signing.sign(job.id, state)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
         using = self._db
         backend = backends.for_alias(using)
@@ -662,7 +696,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             try:
                 with backend.write_transaction(using):
                     row = DjangoJob.objects.using(using).create(
-                        id=job.id, next_run_time=next_run_time, job_state=state
+                        id=job.id,
+                        next_run_time=next_run_time,
+                        job_state=state,
+                        job_signature=signature,
                     )
                     backend.notify(using)
                     return row
@@ -675,7 +712,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     if not existing.job_state and _in_declared_sync() and not _fires_ahead(job):
                         # A declared one-shot job that has run: it stays finished.
                         return existing
-                    if attempts > 1 and bytes(existing.job_state or b"") == state:
+                    if (
+                        attempts > 1
+                        and bytes(existing.job_state or b"") == state
+                        and existing.job_signature == signature
+                    ):
                         # Our own insert whose commit was confirmed only by this retry,
                         # or another process's identical job (processes starting
                         # together add the same jobs): stored as asked, and left as
@@ -684,6 +725,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     if not existing.job_state:
                         # A finished one-shot job's record: take it over.
                         existing.next_run_time, existing.job_state = next_run_time, state
+                        existing.job_signature = signature
                         existing.acquired_by = existing.acquired_until = None
                         existing.version = (existing.version or 0) + 1
                         existing.save(using=using)
@@ -725,7 +767,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     # last fire again. replace_existing writes it, as add_job would.
                     rows = rows.exclude(job_state=b"")
                 written = rows.update(
-                    next_run_time=next_run_time, job_state=state, version=NEXT_VERSION
+                    next_run_time=next_run_time,
+                    job_state=state,
+                    job_signature=signing.sign(job.id, state),
+                    version=NEXT_VERSION,
                 )
                 if written:
                     backend.notify(using)
@@ -758,12 +803,16 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         row = (
             backends.for_alias(using)
             .lock_for_write(rows, using)
-            .values("job_state", "next_run_time")
+            .values("job_state", "job_signature", "next_run_time")
             .first()
         )
         if row is None or not row["job_state"]:
             return _REPLACE
-        same = _same_definition(bytes(row["job_state"]), job, self.pickle_protocol)
+        # A stored state whose signature is refused is not read: it is replaced.
+        checked = signing.check(job.id, row["job_state"], row["job_signature"])
+        same = checked.state is not None and _same_definition(
+            checked.state, job, self.pickle_protocol
+        )
         if row["next_run_time"] is None:  # paused
             if not _in_declared_sync():
                 return _REPLACE
@@ -840,6 +889,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                         id=wb.job_id,
                         next_run_time=wb.next_run_time,
                         job_state=wb.state,
+                        job_signature=signing.sign(wb.job_id, wb.state),
                         version=(wb.claim.version or 0) + 1,  # type: ignore[union-attr]
                         acquired_by=instance if wb.job_id in keep else None,
                         acquired_until=until if wb.job_id in keep else None,
@@ -850,7 +900,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     DjangoJob,
                     using,
                     updated,
-                    ["next_run_time", "job_state", "version", "acquired_by", "acquired_until"],
+                    [
+                        "next_run_time",
+                        "job_state",
+                        "job_signature",
+                        "version",
+                        "acquired_by",
+                        "acquired_until",
+                    ],
                 )
             return {wb.job_id for wb in clean}
 
@@ -903,7 +960,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             rows = DjangoJob.objects.using(using).filter(id=wb.job_id)
             row = (
                 backend.lock_for_write_back(rows, using)
-                .values("job_state", "next_run_time", "acquired_by", "acquired_until")
+                .values(
+                    "job_state", "job_signature", "next_run_time", "acquired_by", "acquired_until"
+                )
                 .first()
             )
             if row is None:
@@ -912,9 +971,13 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             holder, until = row["acquired_by"], row["acquired_until"]
             if holder not in (None, instance) and until and until >= timezone.now():
                 return "taken"
+            # A state written meanwhile whose signature is refused is not merged
+            # into (nor unpickled): it stays as it is, and is reported broken.
+            checked = signing.check(wb.job_id, row["job_state"], row["job_signature"])
             unmoved = (
                 claim is not None
                 and row["job_state"]
+                and checked.state is not None
                 and row["next_run_time"] == claim.next_run_time
             )
             if not unmoved:
@@ -923,12 +986,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             if wb.finished:
                 new_state = b""
             else:
-                stored = pickle.loads(bytes(row["job_state"]))
+                assert checked.state is not None
+                stored = signing.loads(checked.state)
                 stored["next_run_time"] = wb.job_next_run_time
                 new_state = pickle.dumps(stored, self.pickle_protocol)
             rows.update(
                 next_run_time=wb.next_run_time,
                 job_state=new_state,
+                job_signature=signing.sign(wb.job_id, new_state),
                 version=NEXT_VERSION,
                 **lease,
             )
@@ -1071,10 +1136,10 @@ def _definition(state: dict[str, Any], protocol: int) -> bytes:
     return pickle.dumps(state, protocol)
 
 
-def _same_definition(stored_state: bytes, job: Job, protocol: int) -> bool:
-    """True if ``stored_state`` describes ``job`` in everything but its next run time."""
+def _same_definition(stored_state: signing.Verified, job: Job, protocol: int) -> bool:
+    """True if the verified ``stored_state`` describes ``job`` in everything but its next run time."""
     try:
-        stored = pickle.loads(stored_state)
+        stored = signing.loads(stored_state)
         return _definition(stored, protocol) == _definition(job.__getstate__(), protocol)
     except Exception:  # cannot tell: treat as different, so the new definition is written
         return False

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from django.db import models, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from django_apscheduler import util
+from django_apscheduler import signing, util
+from django_apscheduler.exceptions import UntrustedJobStateError
 
 if TYPE_CHECKING:
     from apscheduler.job import Job
@@ -42,26 +43,36 @@ class JobState:
 
     @property
     def reason(self) -> str:
-        """``"ValueError: boom"`` for a broken row, empty otherwise."""
+        """``"ValueError: boom"`` for a broken row (``"unsigned"``, ``"signature mismatch"``
+        for one whose signature is refused), empty otherwise."""
         if self.error is None:
             return ""
+        if isinstance(self.error, UntrustedJobStateError):
+            return self.error.problem
         return f"{type(self.error).__name__}: {self.error}"
 
 
-def classify_job(job_state: bytes | memoryview | None, next_run_time: datetime | None) -> JobState:
-    """The state of a stored row, from its ``job_state`` and ``next_run_time`` columns.
+def classify_job(
+    job_id: str,
+    job_state: bytes | memoryview | None,
+    job_signature: str | None,
+    next_run_time: datetime | None,
+) -> JobState:
+    """The state of a stored row, from its ``id``, ``job_state``, ``job_signature`` and
+    ``next_run_time`` columns.
 
     The one classification the admin, the ``apscheduler`` command and
     ``run_now`` share: an empty state is a finished one-shot job's record, a
-    state that cannot be restored here is broken, and a restorable one is
-    paused without a next run time and scheduled with one.
+    state whose signature is refused (never unpickled) or that cannot be
+    restored here is broken, and a restorable one is paused without a next run
+    time and scheduled with one.
     """
     if not job_state:
         return JobState("finished")
     from django_apscheduler.jobstores import restore_job
 
     try:
-        job = restore_job(job_state)
+        job = restore_job(job_id, job_state, job_signature)
     except Exception as exc:
         return JobState("broken", error=exc)
     return JobState("paused" if next_run_time is None else "scheduled", job=job)
@@ -112,6 +123,55 @@ class DjangoJobQuerySet(models.QuerySet):
         """Jobs without a next run time (broken rows included: the state is not unpickled)."""
         return self.unfinished().filter(next_run_time__isnull=True)
 
+    def unsigned(self) -> DjangoJobQuerySet:
+        """Jobs whose state has no signature (never unpickled until signed)."""
+        return self.unfinished().filter(Q(job_signature__isnull=True) | Q(job_signature=""))
+
+    def untrusted(self) -> list[tuple[str, str]]:
+        """``(id, problem)`` of the selected jobs whose signature is missing or wrong.
+
+        Reads the states to check their signatures; unpickles none.
+        """
+        rows = self.unfinished().order_by("id").values_list("id", "job_state", "job_signature")
+        found = []
+        for job_id, state, signature in rows.iterator():
+            checked = signing.check(job_id, state, signature)
+            if not checked.ok:
+                found.append((job_id, checked.problem))
+        return found
+
+    def sign(self, old_keys_only: bool = False) -> list[tuple[str, str]]:
+        """Sign the selected rows' states with the current key, as they are; return what changed.
+
+        For trusted rows that this app did not sign (a backup made under
+        another ``SECRET_KEY``): nothing is unpickled or inspected. Each row
+        is locked while it is signed, so a state written meanwhile is never
+        signed by mistake. Returns ``(id, what it was)`` per row signed:
+        ``"unsigned"``, ``"signature mismatch"`` or ``"signed with an old key"``;
+        rows already signed with the current key are left alone. With
+        ``old_keys_only``, only rows signed with a ``SECRET_KEY_FALLBACKS`` key
+        are signed (key rotation): a row no key verifies is never signed then.
+        """
+        from django_apscheduler import backends
+
+        using = getattr(self, "_db", None) or router.db_for_write(self.model)
+        backend = backends.for_alias(using)
+        signed = []
+        with backend.write_transaction(using):
+            selected = cast("models.QuerySet[DjangoJob]", self.order_by("id"))
+            rows = backend.lock_for_write(selected, using)
+            for job_id, state, signature in rows.values_list("id", "job_state", "job_signature"):
+                checked = signing.check(job_id, state, signature)
+                if (checked.ok and checked.current) or (old_keys_only and not checked.ok):
+                    continue
+                DjangoJob.objects.using(using).filter(id=job_id).update(
+                    job_signature=signing.sign(job_id, state)
+                )
+                signed.append((job_id, checked.problem or "signed with an old key"))
+            if signed:
+                backend.notify(using)
+        return signed
+
 
 class DjangoJobManager(models.Manager.from_queryset(DjangoJobQuerySet)):  # type: ignore[misc]
     """The default manager of :class:`DjangoJob`, with :class:`DjangoJobQuerySet`'s methods."""
@@ -154,6 +214,14 @@ class DjangoJob(models.Model):
         editable=False,
         help_text=_("Declared with @scheduled_job: removed when its declaration is."),
     )
+    # The HMAC of (id, job_state) (see ``signing``): a state is unpickled only if it verifies.
+    job_signature = models.CharField(
+        max_length=signing.SIGNATURE_LENGTH,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("HMAC-SHA256 of the id and state, keyed from SECRET_KEY."),
+    )
     # NULL counts as 0: no default, so adding the column rewrites no existing row.
     version = models.PositiveIntegerField(
         null=True,
@@ -180,7 +248,7 @@ class DjangoJob(models.Model):
 
     def classify(self) -> JobState:
         """This row's state: scheduled, paused, finished or broken (see :func:`classify_job`)."""
-        return classify_job(self.job_state, self.next_run_time)
+        return classify_job(self.id, self.job_state, self.job_signature, self.next_run_time)
 
 
 class DjangoJobExecutionQuerySet(models.QuerySet):

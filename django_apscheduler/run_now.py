@@ -86,10 +86,10 @@ def _load(job_ids: list[str]) -> tuple[list[Job], dict[str, JobRunOutcome]]:
     """Restore the jobs ``job_ids`` name; the ones that cannot run get their outcome at once."""
     using = router.db_for_read(DjangoJob)
     rows = {
-        job_id: (state, next_run_time)
-        for job_id, state, next_run_time in DjangoJob.objects.using(using)
+        job_id: (job_id, state, signature, next_run_time)
+        for job_id, state, signature, next_run_time in DjangoJob.objects.using(using)
         .filter(id__in=job_ids)
-        .values_list("id", "job_state", "next_run_time")
+        .values_list("id", "job_state", "job_signature", "next_run_time")
     }
     jobs: list[Job] = []
     early: dict[str, JobRunOutcome] = {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from typing import Any, Callable, TypeVar, overload
@@ -23,7 +22,7 @@ from django.db import InterfaceError, OperationalError, connections
 from django.db import close_old_connections as _close_old
 from django.utils import formats, timezone
 
-from django_apscheduler import conf
+from django_apscheduler import conf, signing
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +154,15 @@ def local_time_margin(now: datetime) -> timedelta | None:
     return max(timedelta(0), before - current)  # type: ignore[operator]
 
 
-def state_next_run_time(job_state: bytes | memoryview) -> datetime | None:
-    """The next run time a pickled job state holds, or None if it cannot be read."""
+def state_next_run_time(
+    job_id: str, job_state: bytes | memoryview, job_signature: str | None
+) -> datetime | None:
+    """The next run time a row's pickled state holds, or None if it cannot be read.
+
+    Only a state whose signature verifies is unpickled (see ``signing``).
+    """
     try:
-        value = pickle.loads(bytes(job_state)).get("next_run_time")
+        value = signing.load_state(job_id, job_state, job_signature).get("next_run_time")
     except Exception:  # a broken state: the job store reports it when it restores the job
         return None
     return value if isinstance(value, datetime) else None

@@ -42,7 +42,7 @@ FAR = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 def stored(job_id: str):
     """The job as the database holds it (not as the client's scheduler returned it)."""
     row = DjangoJob.objects.get(id=job_id)
-    return row, restore_job(row.job_state)
+    return row, restore_job(row.id, row.job_state, row.job_signature)
 
 
 def add_hourly(job_id: str = "hourly", func=jobs.record, **kwargs):

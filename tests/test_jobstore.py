@@ -16,6 +16,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from django.db import connection
 from django.test.utils import CaptureQueriesContext, override_settings
 
+from django_apscheduler import signing
 from django_apscheduler.exceptions import UnrestorableJobError
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
@@ -64,7 +65,12 @@ def add_broken_row(job_id: str, next_run_time: datetime | None, state: bytes | N
     if state is None:
         good = make_job_state(job_id, next_run_time)
         state = good.replace(b"tests.jobs:noop", b"tests.jobs:gone")
-    return DjangoJob.objects.create(id=job_id, next_run_time=next_run_time, job_state=state)
+    return DjangoJob.objects.create(
+        id=job_id,
+        next_run_time=next_run_time,
+        job_state=state,
+        job_signature=signing.sign(job_id, state),  # broken, but not for its signature
+    )
 
 
 def make_job_state(job_id: str, next_run_time: datetime | None) -> bytes:
@@ -260,10 +266,23 @@ def test_due_and_next_run_time_queries_use_the_next_run_time_index(store):
     state = make_job_state("x", at(0))
     DjangoJob.objects.bulk_create(
         [
-            DjangoJob(id=f"job{i:05d}", next_run_time=at(3600 + i), job_state=state)
+            DjangoJob(
+                id=f"job{i:05d}",
+                next_run_time=at(3600 + i),
+                job_state=state,
+                job_signature=signing.sign(f"job{i:05d}", state),
+            )
             for i in range(3000)
         ]
-        + [DjangoJob(id=f"due{i}", next_run_time=at(i), job_state=state) for i in range(3)]
+        + [
+            DjangoJob(
+                id=f"due{i}",
+                next_run_time=at(i),
+                job_state=state,
+                job_signature=signing.sign(f"due{i}", state),
+            )
+            for i in range(3)
+        ]
     )
     with connection.cursor() as cursor:
         cursor.execute(
@@ -314,7 +333,10 @@ def test_corrupt_pickle_is_kept_too(store):
 def test_broken_job_can_be_fixed_by_replacing_it(store):
     add_broken_row("fixme", at(0))
     assert store.get_due_jobs(at(10)) == []
-    DjangoJob.objects.filter(id="fixme").update(job_state=make_job_state("fixme", at(0)))
+    fixed = make_job_state("fixme", at(0))
+    DjangoJob.objects.filter(id="fixme").update(
+        job_state=fixed, job_signature=signing.sign("fixme", fixed)
+    )
     # Fixed through the store (replace_existing goes through update_job): usable at once.
     job = make_job(store, id="fixme", next_run_time=at(0))
     store.update_job(job)

@@ -112,7 +112,9 @@ def test_one_classification_of_every_row_state():
     assert states["broken"].reason.startswith(type(states["broken"].error).__name__ + ": ")
     # The function gives the same answer from the two columns alone.
     row = DjangoJob.objects.get(id="paused")
-    assert classify_job(row.job_state, row.next_run_time).name == "paused"
+    assert classify_job(row.id, row.job_state, row.job_signature, row.next_run_time).name == (
+        "paused"
+    )
 
 
 @override_settings(APSCHEDULER_LEASE_TIME=30)

@@ -58,14 +58,19 @@ def stored_state(job_id: str) -> dict:
 
 
 def clone_row(source: str, new_id: str) -> None:
-    """INSERT ... SELECT, as an operator copying a job would."""
+    """INSERT ... SELECT, as an operator copying a job would, then ``apscheduler sign`` it.
+
+    The copy carries the original's signature, which does not verify under
+    another id (tests/test_signing.py): the operator signs the copy on purpose.
+    """
     table = connection.ops.quote_name(DjangoJob._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (id, next_run_time, job_state) "
-            f"SELECT %s, next_run_time, job_state FROM {table} WHERE id = %s",
+            f"INSERT INTO {table} (id, next_run_time, job_state, job_signature) "
+            f"SELECT %s, next_run_time, job_state, job_signature FROM {table} WHERE id = %s",
             [new_id, source],
         )
+    assert [job_id for job_id, _ in DjangoJob.objects.filter(id=new_id).sign()] == [new_id]
 
 
 @pytest.fixture(params=[True, False], ids=["tz", "naive"])

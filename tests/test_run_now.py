@@ -10,6 +10,7 @@ from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from django_apscheduler import signing
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 from django_apscheduler.run_now import RunStatus, run_jobs_now
@@ -58,6 +59,7 @@ def store_broken_job(job_id: str) -> DjangoJob:
     state = pickle.loads(bytes(row.job_state))
     state["func"] = "tests.jobs:no_such_function"
     row.job_state = pickle.dumps(state)
+    row.job_signature = signing.sign(job_id, row.job_state)  # broken, but signed
     row.save()
     return row
 

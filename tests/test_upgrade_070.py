@@ -50,6 +50,7 @@ NEW_MIGRATIONS = [
     "0010_coordination",
     "0011_djangojob_declared_in_code",
     "0012_djangoschedulerinstance_declared_ids",
+    "0013_djangojob_job_signature",
 ]
 ADDED = (
     "acquired_by",
@@ -58,6 +59,7 @@ ADDED = (
     "instance",
     "djangoschedulerinstance",
     "declared_in_code",
+    "job_signature",
 )
 
 #: Bounds on the subprocesses (not speed checks).
@@ -305,7 +307,11 @@ def test_070_database_upgrades_in_place(tmp_path, database):
         and re.search(r"\b(ALTER|CREATE|DROP|DELETE|UPDATE|INSERT|TRUNCATE|RENAME)\b", s)
     ]
     additive = re.compile(r"(ALTER TABLE \S+ ADD COLUMN|CREATE INDEX) ", re.IGNORECASE)
-    destructive = [s for s in touching if not additive.search(s)]
+    # 0013 signs the existing rows: an UPDATE of the new signature column alone.
+    signs = re.compile(
+        r"\bUPDATE \S+ SET \S*job_signature\S* = '[0-9a-f]{64}' WHERE ", re.IGNORECASE
+    )
+    destructive = [s for s in touching if not additive.search(s) and not signs.search(s)]
     assert not destructive, "migrate did more than add to the 0.7.0 tables:\n" + "\n".join(
         destructive
     )
@@ -379,7 +385,8 @@ def _without_added(schema: dict) -> dict:
             # SQLite writes ALTER TABLE ... ADD COLUMN into the table's SQL text;
             # MySQL's SHOW CREATE TABLE has one line per column and key.
             value = re.sub(
-                r', "(acquired_by|acquired_until|version|instance|declared_in_code)" '
+                r', "(acquired_by|acquired_until|version|instance|declared_in_code'
+                r'|job_signature)" '
                 r'.*?(?=, "|, CONSTRAINT |\)$)',
                 "",
                 value,
@@ -446,6 +453,10 @@ def _check_ours(legacy: dict, ours: dict) -> None:
         [row["id"], row["job_id"], row["status"]] for row in legacy["executions"]
     ]
     assert len(ours["orm_jobs"]) == len(JOB_IDS)
+
+    # `migrate` signed every row 0.7.0 left (0013), and every row stays signed.
+    assert ours["signatures_after_migrate"] == {job_id: "ok" for job_id in JOB_IDS}
+    assert ours["signatures_after"] == {job_id: "ok" for job_id in JOB_IDS}
 
     # Every job loads (through get_jobs and through lookup) as 0.7.0 stored it.
     loaded = {job["id"]: job for job in ours["loaded"]}

@@ -92,6 +92,7 @@ def check(result):
         }
     )
     old_ids = {row["id"] for row in result["executions_before"]}
+    result["signatures_after_migrate"] = signatures()
 
     # Our models read every old row (legacy statuses, decimals, texts included).
     from django_apscheduler.models import DjangoJob, DjangoJobExecution
@@ -161,6 +162,19 @@ def check(result):
     result["markers"] = upgrade_jobs.read_markers(markers)
     result["executions_after"] = upgrade_common.execution_rows()
     result["job_rows_after"] = upgrade_common.job_rows()
+    result["signatures_after"] = signatures()
+
+
+def signatures():
+    """Each job row's signature check: "ok", "unsigned" or "signature mismatch" (nothing unpickled)."""
+    from django_apscheduler import signing
+    from django_apscheduler.models import DjangoJob
+
+    rows = DjangoJob.objects.order_by("id").values_list("id", "job_state", "job_signature")
+    return {
+        job_id: signing.check(job_id, state, signature).problem or "ok"
+        for job_id, state, signature in rows
+    }
 
 
 if __name__ == "__main__":

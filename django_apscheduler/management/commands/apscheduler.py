@@ -6,6 +6,7 @@
     manage.py apscheduler run JOB_ID [JOB_ID ...] [--timeout SECONDS]
     manage.py apscheduler pause|resume|remove JOB_ID
     manage.py apscheduler prune --max-age 7d
+    manage.py apscheduler sign --all | --old-keys | JOB_ID [JOB_ID ...]
     manage.py apscheduler health [--this-host] [--jobs] [--no-instance] [--format json]
 
 ``health`` is a liveness check by default: it exits 0 when a scheduler
@@ -19,6 +20,11 @@ probe never restarts healthy processes in a loop over it.
 Every action takes Django's standard options (``--settings``, ``-v``,
 ``--traceback`` ...) before or after its name. Unknown job ids are reported
 by name, with exit code 1.
+
+``sign`` signs stored job states with the current ``SECRET_KEY`` as they are,
+on purpose: for rows this app did not sign with this key (a backup made under
+another ``SECRET_KEY``, a row copied by hand), which are otherwise never
+unpickled. See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -39,13 +45,22 @@ from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
 from django_apscheduler import client, conf, coordination, executions, run_now, util
-from django_apscheduler.exceptions import DeclaredJobError, UnrestorableJobError
+from django_apscheduler.exceptions import (
+    DeclaredJobError,
+    UnrestorableJobError,
+    UntrustedJobStateError,
+)
 from django_apscheduler.models import (
     DjangoJob,
     DjangoJobExecution,
     DjangoSchedulerInstance,
     classify_job,
 )
+
+logger = logging.getLogger("django_apscheduler.management")
+
+#: The reasons of rows refused for their signature.
+UNTRUSTED = (UntrustedJobStateError.UNSIGNED, UntrustedJobStateError.MISMATCH)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -99,6 +114,20 @@ class Command(BaseCommand):
             action(name, text).add_argument("job_id", metavar="JOB_ID")
         prune = action("prune", "Delete logged runs older than --max-age.")
         prune.add_argument("--max-age", required=True, help="e.g. 604800, 12h, 7d, 2w")
+        sign = action(
+            "sign",
+            "Sign stored job states with the current SECRET_KEY, as they are (trusted rows "
+            "restored from another environment); prints each row signed.",
+        )
+        which = sign.add_mutually_exclusive_group(required=True)
+        which.add_argument("--all", action="store_true", help="Every stored job.")
+        which.add_argument(
+            "--old-keys",
+            action="store_true",
+            help="Only the jobs signed with a SECRET_KEY_FALLBACKS key (key rotation); rows "
+            "that no key verifies stay unsigned.",
+        )
+        which.add_argument("job_ids", nargs="*", default=[], metavar="JOB_ID")
         health = action(
             "health",
             "Liveness: exit 0 if a scheduler instance heartbeats, 1 if not. With --jobs, also "
@@ -339,6 +368,33 @@ class Command(BaseCommand):
         deleted = DjangoJobExecution.objects.delete_old_job_executions(seconds)
         self.stdout.write(f"Deleted {deleted} logged runs older than {max_age}.")
 
+    # --- sign -------------------------------------------------------------------------
+
+    def do_sign(self, all: bool, old_keys: bool, job_ids: list[str], **options: Any) -> None:
+        rows = DjangoJob.objects.all()
+        if not all and not old_keys:
+            known = set(DjangoJob.objects.filter(id__in=job_ids).values_list("id", flat=True))
+            unknown = [job_id for job_id in dict.fromkeys(job_ids) if job_id not in known]
+            if unknown:
+                raise CommandError(
+                    f"No job with the id {', '.join(map(repr, unknown))} is stored; nothing "
+                    "signed. `manage.py apscheduler list` shows the ids.",
+                    returncode=1,
+                )
+            rows = rows.filter(id__in=job_ids)
+        signed = rows.sign(old_keys_only=old_keys)
+        for job_id, was in signed:
+            self.stdout.write(f"{job_id}: signed (was {was}).")
+        if signed:
+            logger.warning(
+                "apscheduler sign: signed %d stored jobs with the current SECRET_KEY: %s",
+                len(signed),
+                ", ".join(job_id for job_id, _ in signed),
+            )
+        self.stdout.write(
+            f"Signed {len(signed)} jobs; the others were signed with the current key already."
+        )
+
     # --- health -----------------------------------------------------------------------
 
     def do_health(
@@ -369,6 +425,12 @@ class Command(BaseCommand):
                     "cannot be restored (broken): "
                     + ", ".join(f"{b['id']} ({b['reason']})" for b in broken)
                     + "; fix the code or remove them (`manage.py apscheduler remove JOB_ID`)"
+                    + (
+                        "; sign trusted rows that are unsigned or mismatched "
+                        "(`manage.py apscheduler sign JOB_ID`, see docs/security.md)"
+                        if any(b["reason"] in UNTRUSTED for b in broken)
+                        else ""
+                    )
                 )
             if overdue:
                 problems.append(
@@ -409,9 +471,11 @@ class Command(BaseCommand):
         """
         slack = lease + timedelta(seconds=conf.poll_interval())
         broken, overdue = [], []
-        rows = DjangoJob.objects.order_by("id").values_list("id", "next_run_time", "job_state")
-        for job_id, next_run_time, state in rows.iterator():
-            classified = classify_job(state, next_run_time)
+        rows = DjangoJob.objects.order_by("id").values_list(
+            "id", "next_run_time", "job_state", "job_signature"
+        )
+        for job_id, next_run_time, state, signature in rows.iterator():
+            classified = classify_job(job_id, state, signature, next_run_time)
             if classified.error is not None:
                 broken.append({"id": job_id, "reason": classified.reason})
                 continue
