@@ -265,9 +265,13 @@ def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
         lambda: list(DjangoJobExecution.objects.filter(status=DjangoJobExecution.INTERRUPTED)),
         timeout=lease + 10,
     )
-    assert [e.job_id for e in interrupted] == ["long"]
-    assert f":{victim}:" in interrupted[0].instance
-    assert interrupted[0].instance in interrupted[0].exception
+    # The long run, and any tick whose run the victim had not yet recorded as
+    # ended when it was killed (its recorder writes in batches): all the victim's.
+    assert "long" in [e.job_id for e in interrupted]
+    assert all(e.job_id == "long" or e.job_id.startswith("tick-") for e in interrupted)
+    for execution in interrupted:
+        assert f":{victim}:" in execution.instance
+        assert execution.instance in execution.exception
     processes.wait()
 
     # The ticks never stopped: every second has its fire. The only
