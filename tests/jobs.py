@@ -65,3 +65,14 @@ def admin_record(tag: str = "admin") -> None:
 def admin_fail(message: str = "admin boom") -> None:
     """Raises ``ValueError(message)``; on the admin's allow-list."""
     raise ValueError(message)
+
+
+def wait_for_file(path: str, timeout: float = 120.0) -> None:
+    """Runs until ``path`` exists (or ``timeout`` s): a job the test releases when it wants."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)
