@@ -43,7 +43,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince, timeuntil
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from django_apscheduler import charts, conf, console, run_now, util
@@ -833,6 +833,14 @@ def _relative(value: datetime) -> str:
     now = timezone.now()
     if timezone.is_naive(value):
         value = timezone.make_aware(value)
+    seconds = int((value - now).total_seconds())
+    if abs(seconds) < 60:
+        amount = ngettext("%(count)d second", "%(count)d seconds", abs(seconds)) % {
+            "count": abs(seconds)
+        }
+        return (gettext("in %(time)s") if seconds >= 0 else gettext("%(time)s ago")) % {
+            "time": amount
+        }
     if value >= now:
         return gettext("in %(time)s") % {"time": timeuntil(value, now, depth=1)}
     return gettext("%(time)s ago") % {"time": timesince(value, now, depth=1)}
