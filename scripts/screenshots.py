@@ -163,17 +163,17 @@ def shoot(base: str, out: Path) -> list[Path]:
         with page.expect_navigation():
             page.click("input[type=submit]")
 
-        def take(name: str, url: str | None = None) -> None:
+        def take(name: str, url: str | None = None, full_page: bool = True) -> None:
             if url is not None:
                 page.goto(url)
             path = out / name
-            page.screenshot(path=str(path), full_page=True)
+            page.screenshot(path=str(path), full_page=full_page)
             made.append(path)
 
         take("admin-jobs.png", "/admin/django_apscheduler/djangojob/")
         take("admin-job.png", "/admin/django_apscheduler/djangojob/demo_job/change/")
         take("admin-dashboard.png", "/admin/django_apscheduler/djangojob/dashboard/")
-        take("admin-executions.png", "/admin/django_apscheduler/djangojobexecution/")
+        take("admin-executions.png", "/admin/django_apscheduler/djangojobexecution/", False)
         page.goto("/admin/django_apscheduler/djangojob/add/")
         page.fill("#id_id", "weekly-digest")
         page.select_option("#id_func", "example.demo.jobs:send_report")
