@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import actions as admin_actions
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
@@ -611,17 +612,13 @@ class DjangoJobAdmin(admin.ModelAdmin):
 
     # ----------------------------------------------------------------- actions
 
-    def get_actions(self, request: HttpRequest) -> Any:
-        found = super().get_actions(request)
-        if "delete_selected" in found:
-            entry: Any = found["delete_selected"]
-            func, name, _description = entry
-            found["delete_selected"] = (
-                func,
-                name,
-                gettext("Delete the selected jobs (their run history is kept)"),
-            )
-        return found
+    @admin.action(
+        description=_("Delete the selected jobs (their run history is kept)"),
+        permissions=["delete"],
+    )
+    def delete_selected(self, request: HttpRequest, queryset: QuerySet[DjangoJob]) -> Any:
+        """Django's own delete action and confirmation page, removing through :func:`console.remove`."""
+        return admin_actions.delete_selected(self, request, queryset)
 
     @admin.action(description=_("Run the selected django jobs"), permissions=["run"])
     def run_selected_jobs(self, request: HttpRequest, queryset: QuerySet[DjangoJob]) -> None:

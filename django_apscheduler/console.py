@@ -74,11 +74,11 @@ def is_overdue(
     if row.acquired_by and row.acquired_by in live:
         return False
     now = now or timezone.now()
-    late = util_instant(now) - util_instant(row.next_run_time)
+    late = _aware(now) - _aware(row.next_run_time)
     return late > timedelta(seconds=grace_of(state))
 
 
-def util_instant(value: datetime) -> datetime:
+def _aware(value: datetime) -> datetime:
     """An aware datetime for a stored one (naive stored values are in the current time zone)."""
     if timezone.is_naive(value):
         return timezone.make_aware(value)
@@ -122,7 +122,7 @@ def overdue_ids(queryset: Any, now: datetime | None = None) -> list[str]:
     now = now or timezone.now()
     live = _live_instances(queryset.db, now)
     found = []
-    for row in queryset.past_due(now).defer(None):
+    for row in queryset.past_due(now):
         if is_overdue(row, row.classify(), live, now):
             found.append(row.id)
     return found
@@ -158,13 +158,21 @@ def ids_running(queryset: Any, text: str) -> list[str]:
     return found
 
 
-def fire_times(trigger: Any, count: int = 5, now: datetime | None = None) -> list[datetime]:
-    """The next ``count`` fire times of ``trigger`` from ``now`` (fewer if it ends sooner)."""
+def fire_times(
+    trigger: Any, count: int = 5, now: datetime | None = None, first: datetime | None = None
+) -> list[datetime]:
+    """The next ``count`` fire times of ``trigger`` from ``now`` (fewer if it ends sooner).
+
+    ``first``: a stored job's next run time, which the following ones are
+    computed from (it may have been moved by hand).
+    """
     now = now or timezone.now()
     if timezone.is_naive(now):
         now = timezone.make_aware(now)
     times: list[datetime] = []
     previous = None
+    if first is not None:
+        times, previous, now = [first], first, first
     while len(times) < count:
         fire = trigger.get_next_fire_time(previous, now)
         if fire is None or (previous is not None and fire <= previous):

@@ -326,3 +326,26 @@ def test_html_in_a_job_id_and_an_exception_is_shown_as_text(page, superuser):
     page.goto("/admin/django_apscheduler/djangojob/")
     assert page.get_by_text(nasty).count() >= 1
     assert page.js_errors == []
+
+
+def test_chart_colours_follow_the_admins_dark_mode(browser, live_server, superuser):
+    """Bars take lighter shades in dark mode, from the stylesheet (no inline style)."""
+    outside_the_loop(client.add_job, jobs.admin_record, "interval", hours=1, id="shaded")
+    DjangoJobExecution.objects.create(
+        job_id="shaded",
+        status=DjangoJobExecution.SUCCESS,
+        run_time=datetime.now(UTC) - timedelta(minutes=1),
+        duration=2,
+    )
+    fills = {}
+    for scheme in ("light", "dark"):
+        context = browser.new_context(base_url=live_server.url, color_scheme=scheme)
+        context.set_default_timeout(WAIT)
+        tab = context.new_page()
+        log_in(tab, "boss")
+        tab.goto(reverse("admin:django_apscheduler_djangojob_change", args=["shaded"]))
+        bar = tab.locator("svg.dja-chart rect.dja-bar.dja-success").first
+        fills[scheme] = bar.evaluate("(e) => getComputedStyle(e).fill")
+        assert bar.get_attribute("style") is None
+        context.close()
+    assert fills == {"light": "rgb(46, 125, 50)", "dark": "rgb(102, 187, 106)"}

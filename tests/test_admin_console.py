@@ -456,6 +456,10 @@ def test_edit_changes_the_trigger_the_arguments_and_the_next_run_time(admin_clie
     client.add_job(jobs.admin_record, "interval", minutes=5, id="edited", kwargs={"tag": "a"})
     page = admin_client.get(change_url("edited")).content.decode()
     assert 'name="minutes" value="5"' in page
+    stored = client.get_job("edited").next_run_time
+    shown = re.findall(r"<li>(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) [A-Z]+</li>", page)
+    expected = [stored + timedelta(minutes=5 * i) for i in range(5)]
+    assert shown == [t.strftime("%Y-%m-%d %H:%M:%S") for t in expected]
 
     moved = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
     data = interval_form(
@@ -561,3 +565,16 @@ def test_html_in_ids_and_exceptions_is_escaped_everywhere(admin_client):
         assert "<script>t</script>" not in html
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in pages[0]
     assert "&lt;img src=x onerror=" in pages[1]
+
+
+def test_charts_need_no_script_and_no_inline_style(admin_client):
+    """The pages work under a strict Content Security Policy: the SVG has no script or style."""
+    store_job("plain", jobs.record)
+    add_run("plain", DjangoJobExecution.SUCCESS, minutes_ago=2)
+    add_run("plain", DjangoJobExecution.ERROR, minutes_ago=1)
+    for url in (change_url("plain"), DASHBOARD_URL):
+        html = admin_client.get(url).content.decode()
+        svg = re.search(r'<svg class="dja-chart".*?</svg>', html, re.S).group(0)
+        assert "<script" not in svg and "style=" not in svg and "on" + "load" not in svg
+        assert 'class="dja-bar dja-error"' in svg
+        assert "django_apscheduler/console.css" in html
