@@ -498,14 +498,6 @@ class DjangoJobAdmin(admin.ModelAdmin):
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
         """Nothing related to save (and the form has no ``save_m2m``)."""
 
-    def construct_change_message(
-        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
-    ) -> Any:
-        message = super().construct_change_message(request, form, formsets, add)
-        if getattr(form, "preview_text", ""):
-            message.append({"schedule": form.preview_text})
-        return message
-
     def changeform_view(
         self,
         request: HttpRequest,
@@ -699,7 +691,15 @@ class DjangoJobAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Resume the selected jobs"), permissions=["pause"])
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[DjangoJob]) -> None:
+        """Resume each selected paused job from its trigger's next fire time; drop its note."""
         for row in queryset.order_by("id"):
+            if row.next_run_time is not None:  # resuming would move its next run
+                self.message_user(
+                    request,
+                    gettext("Job %(id)s is not paused.") % {"id": row.id},
+                    messages.WARNING,
+                )
+                continue
             try:
                 resumed = console.resume(row.id)
             except Exception as exc:

@@ -578,3 +578,11 @@ def test_charts_need_no_script_and_no_inline_style(admin_client):
         assert "<script" not in svg and "style=" not in svg and "on" + "load" not in svg
         assert 'class="dja-bar dja-error"' in svg
         assert "django_apscheduler/console.css" in html
+
+
+def test_resume_leaves_a_scheduled_job_alone(admin_client):
+    row = store_job("running-along", jobs.record)
+    response = act(admin_client, "resume_jobs", "running-along")
+    assert texts(response) == ["Job running-along is not paused."]
+    assert DjangoJob.objects.get(id="running-along").next_run_time == row.next_run_time
+    assert log_messages("running-along") == []
