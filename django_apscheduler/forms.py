@@ -145,7 +145,7 @@ class JobForm(forms.ModelForm):
         self.built_trigger: Any = None
         choices = [("", "---------")] + [(ref, f.label) for ref, f in self.allowed.items()]
         self.job: Job | None = None
-        if self.instance is not None and self.instance.pk and not self.instance._state.adding:
+        if self.instance is not None and self.instance.pk:  # the add page's instance has none
             self.job = self.instance.classify().job
         if self.job is not None:
             ref = str(self.job.func_ref)
