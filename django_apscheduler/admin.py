@@ -558,7 +558,7 @@ class DjangoJobAdmin(admin.ModelAdmin):
     def _job_page_context(self, request: HttpRequest, obj: DjangoJob) -> dict[str, Any]:
         """The job page's extra parts: notices, last 50 runs, the chart of the last 100."""
         summary = _summary(obj)
-        runs = list(DjangoJobExecution.objects.filter(job_id=obj.id).order_by("-run_time")[:100])
+        runs = DjangoJobExecution.objects.latest_of(obj.id, 100)
         chart = charts.duration_chart(
             [charts.Run(r.run_time, r.status, r.duration) for r in reversed(runs)]
         )

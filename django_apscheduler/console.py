@@ -189,16 +189,14 @@ def fire_times(
 def pause(job_id: str, note: str = "") -> None:
     """Pause ``job_id`` through the store (schedulers stop running it) and keep ``note``."""
     client.pause_job(job_id)
-    DjangoJob.objects.using(router.db_for_write(DjangoJob)).filter(id=job_id).update(
-        pause_note=note.strip()[:1000] or None
-    )
+    DjangoJob.objects.using(router.db_for_write(DjangoJob)).filter(id=job_id).set_pause_note(note)
 
 
 def resume(job_id: str) -> DjangoJob:
     """Resume ``job_id`` from its trigger's next fire time and drop its pause note."""
     client.resume_job(job_id)
     using = router.db_for_write(DjangoJob)
-    DjangoJob.objects.using(using).filter(id=job_id).update(pause_note=None)
+    DjangoJob.objects.using(using).filter(id=job_id).set_pause_note(None)
     return DjangoJob.objects.using(using).get(id=job_id)
 
 

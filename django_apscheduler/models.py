@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import models, router, transaction
 from django.db.models import Q
@@ -134,6 +134,10 @@ class DjangoJobQuerySet(models.QuerySet):
             .filter(Q(acquired_by__isnull=True) | ~Q(acquired_by__in=live))
         )
 
+    def set_pause_note(self, note: str | None) -> int:
+        """Keep ``note`` (why the jobs were paused; None drops it) on the selected jobs."""
+        return self.update(pause_note=(note or "").strip()[:1000] or None)
+
     def retire(self) -> int:
         """Turn the selected jobs into kept records (empty state, no next run time).
 
@@ -253,6 +257,10 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
     def since(self, when: datetime) -> DjangoJobExecutionQuerySet:
         """Runs whose run time is at or after ``when``."""
         return self.filter(run_time__gte=util.get_django_internal_datetime(when))
+
+    def latest_of(self, job_id: str, count: int) -> list[Any]:
+        """The last ``count`` runs of ``job_id``, newest first (exception and traceback included)."""
+        return list(self.filter(job_id=job_id).order_by("-run_time")[:count])
 
     def latest_per_job(self, job_ids: list[str], count: int) -> list[dict]:
         """The last ``count`` runs of each of ``job_ids``, newest first, in one query.
