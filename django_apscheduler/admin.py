@@ -34,10 +34,17 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import actions as admin_actions
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, DecimalField, F, OuterRef, QuerySet, Subquery
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -579,7 +586,35 @@ class DjangoJobAdmin(admin.ModelAdmin):
             "job_runs_url": reverse("admin:django_apscheduler_djangojobexecution_changelist")
             + f"?job__id__exact={obj.id}",
             "job_schedule": self.schedule(obj),
+            "job_operations": self._operations(request, obj, summary),
         }
+
+    def _operations(
+        self, request: HttpRequest, obj: DjangoJob, summary: console.Summary
+    ) -> list[dict[str, Any]]:
+        """The buttons the job's page offers this user for this job's state."""
+        state = summary.state.name
+        offered = {
+            "run-here": (gettext("Run now here"), state in ("scheduled", "paused")),
+            "run-in-scheduler": (gettext("Run now in the scheduler"), state == "scheduled"),
+            "pause": (gettext("Pause"), state == "scheduled"),
+            "resume": (gettext("Resume"), state == "paused"),
+        }
+        found = []
+        for operation, (label, fits) in offered.items():
+            _action, permission = self.OPERATIONS[operation]
+            if fits and getattr(self, f"has_{permission}_permission")(request):
+                found.append(
+                    {
+                        "name": operation,
+                        "label": label,
+                        "url": reverse(
+                            "admin:django_apscheduler_djangojob_operate",
+                            args=[quote(obj.pk), operation],
+                        ),
+                    }
+                )
+        return found
 
     # ----------------------------------------------------------------- deleting
 
@@ -775,8 +810,42 @@ class DjangoJobAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.dashboard_view),
                 name="django_apscheduler_dashboard",
             ),
+            path(
+                "<path:object_id>/operate/<str:operation>/",
+                self.admin_site.admin_view(self.operate_view),
+                name="django_apscheduler_djangojob_operate",
+            ),
             *super().get_urls(),
         ]
+
+    #: The job page's buttons: operation -> (the list action it runs, its permission).
+    OPERATIONS = {
+        "run-here": ("run_selected_jobs", "run"),
+        "run-in-scheduler": ("run_in_scheduler", "trigger"),
+        "pause": ("pause_jobs", "pause"),
+        "resume": ("resume_jobs", "pause"),
+    }
+
+    def operate_view(self, request: HttpRequest, object_id: str, operation: str) -> HttpResponse:
+        """A button of the job's page: the list action of that name on this one job (POST only).
+
+        The same permission, messages and ``LogEntry`` as the action; back to the job's page.
+        """
+        if operation not in self.OPERATIONS:
+            raise Http404(gettext("No operation %(name)r") % {"name": operation})
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        action, permission = self.OPERATIONS[operation]
+        if not getattr(self, f"has_{permission}_permission")(request):
+            raise PermissionDenied
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(gettext("No job with the id %(id)r") % {"id": object_id})
+        queryset = self.get_queryset(request).filter(pk=obj.pk)
+        getattr(self, action)(request, queryset)
+        return HttpResponseRedirect(
+            reverse("admin:django_apscheduler_djangojob_change", args=[quote(obj.pk)])
+        )
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         """Live schedulers, runs per hour over 24 h, the slowest, failing and overdue jobs."""

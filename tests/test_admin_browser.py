@@ -248,6 +248,7 @@ def test_view_only_user_cannot_change_anything(page, live_server):
     assert page.locator('input[name="_save"]').count() == 0
     assert page.locator('input[name="_preview"]').count() == 0
     assert page.locator("a.deletelink").count() == 0
+    assert page.locator("form.dja-operation").count() == 0
     page.goto("/admin/django_apscheduler/djangojob/dashboard/")
     assert page.locator("svg.dja-chart").count() == 1
 
@@ -289,9 +290,13 @@ def test_view_only_user_cannot_change_anything(page, live_server):
                 "func=tests.jobs%3Aadmin_fail&trigger=interval&seconds=5",
             ],
             [reverse("admin:django_apscheduler_djangojob_delete", args=["watched"]), "post=yes"],
+            [
+                reverse("admin:django_apscheduler_djangojob_operate", args=["watched", "pause"]),
+                "note=forged",
+            ],
         ],
     )
-    assert forged[-3:] == [403, 403, 403]
+    assert forged[-4:] == [403, 403, 403, 403]
     assert list(DjangoJob.objects.values()) == before
     assert not DjangoJobExecution.objects.exists()
     assert page.js_errors == []

@@ -301,6 +301,7 @@ def test_view_only_user_sees_everything_and_changes_nothing(client):
     assert page.status_code == 200
     html = page.content.decode()
     assert 'name="_save"' not in html and 'name="_preview"' not in html
+    assert "dja-operation" not in html  # no buttons on the job's page either
     assert "dja-chart" in html and "tests.jobs:record" in html
     assert client.get(DASHBOARD_URL).status_code == 200
 
@@ -318,6 +319,8 @@ def test_view_only_user_sees_everything_and_changes_nothing(client):
     assert client.post(change_url("watched"), interval_form("watched")).status_code == 403
     delete_url = reverse("admin:django_apscheduler_djangojob_delete", args=["watched"])
     assert client.post(delete_url, {"post": "yes"}).status_code == 403
+    for operation in ("run-here", "run-in-scheduler", "pause", "resume"):
+        assert client.post(operate_url("watched", operation)).status_code == 403
 
     assert list(DjangoJob.objects.values()) == before
     assert jobs.calls == [] and not LogEntry.objects.exists()
@@ -586,3 +589,32 @@ def test_resume_leaves_a_scheduled_job_alone(admin_client):
     assert texts(response) == ["Job running-along is not paused."]
     assert DjangoJob.objects.get(id="running-along").next_run_time == row.next_run_time
     assert log_messages("running-along") == []
+
+
+def operate_url(job_id: str, operation: str) -> str:
+    return reverse("admin:django_apscheduler_djangojob_operate", args=[job_id, operation])
+
+
+def test_job_page_buttons_run_the_actions_with_their_permissions(client, admin_client):
+    store_job("buttons", jobs.record)
+    page = admin_client.get(change_url("buttons")).content.decode()
+    for operation in ("run-here", "run-in-scheduler", "pause"):
+        assert f'action="{operate_url("buttons", operation)}"' in page
+    assert operate_url("buttons", "resume") not in page  # not paused
+
+    assert admin_client.get(operate_url("buttons", "pause")).status_code == 405
+    assert admin_client.post(operate_url("buttons", "explode")).status_code == 404
+    response = admin_client.post(operate_url("buttons", "pause"), {"note": "from the page"})
+    assert response.status_code == 302 and response["Location"] == change_url("buttons")
+    row = DjangoJob.objects.get(id="buttons")
+    assert row.next_run_time is None and row.pause_note == "from the page"
+    assert log_messages("buttons") == [(CHANGE, "Paused: from the page")]
+    page = admin_client.get(change_url("buttons")).content.decode()
+    assert operate_url("buttons", "resume") in page and operate_url("buttons", "pause") not in page
+
+    client.force_login(staff("view_djangojob", "run_djangojob"))
+    page = client.get(change_url("buttons")).content.decode()
+    assert operate_url("buttons", "run-here") in page
+    assert operate_url("buttons", "resume") not in page
+    assert client.post(operate_url("buttons", "resume")).status_code == 403
+    assert DjangoJob.objects.get(id="buttons").next_run_time is None
