@@ -172,6 +172,11 @@ def fire_times(
     times: list[datetime] = []
     previous = None
     if first is not None:
+        if timezone.is_naive(first):
+            first = timezone.make_aware(first)
+        zone = getattr(trigger, "timezone", None)
+        if zone is not None:  # shown in the trigger's zone, like the ones after it
+            first = first.astimezone(zone)
         times, previous, now = [first], first, first
     while len(times) < count:
         fire = trigger.get_next_fire_time(previous, now)

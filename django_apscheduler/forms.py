@@ -161,9 +161,10 @@ class JobForm(forms.ModelForm):
                 ),
             ]
             self.initial.update(self._initial_from(self.job))
-            if not self.is_bound and self.job.next_run_time is not None:
+            stored_next = self.instance.next_run_time
+            if not self.is_bound and stored_next is not None:
                 # The stored schedule's next fire times, shown on the job's page.
-                self.preview = console.fire_times(self.job.trigger, 5, first=self.job.next_run_time)
+                self.preview = console.fire_times(self.job.trigger, 5, first=stored_next)
                 self.preview_text = describe_trigger(self.job.trigger)
         else:
             self.fields.pop("next_run_time", None)

@@ -47,7 +47,7 @@ def seed() -> None:
     call_command("migrate", verbosity=0)
     from django_apscheduler import client, console, declared
     from django_apscheduler.jobstores import DjangoJobStore
-    from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+    from django_apscheduler.models import DjangoJobExecution, DjangoSchedulerInstance
     from example.demo import jobs
 
     User.objects.create_superuser("admin", "admin@example.com", "admin")
@@ -81,13 +81,9 @@ def seed() -> None:
     )
     client.add_job(jobs.refresh_cache, "cron", minute="*/5", id="sync-inventory")
     console.pause("refresh-search", "search cluster upgrade until Friday (ticket OPS-1423)")
-    DjangoJob.objects.filter(id="sync-inventory").update(
-        next_run_time=timezone.now() - timedelta(minutes=42)
-    )
-    # No scheduler runs here: keep the declared job's next fire ahead of the screenshots.
-    DjangoJob.objects.filter(id="demo_job").update(
-        next_run_time=timezone.now() + timedelta(minutes=3)
-    )
+    # No scheduler runs here: one job left overdue, the declared one's next fire ahead.
+    client.modify_job("sync-inventory", next_run_time=timezone.now() - timedelta(minutes=42))
+    client.modify_job("demo_job", next_run_time=timezone.now() + timedelta(minutes=3))
 
     now = timezone.now()
     rng = random.Random(12)
