@@ -5,6 +5,7 @@
 #                    (the backends at the same time; SHARDS=3 splits each in three)
 #   make lint        ruff check, ruff format --check and mypy
 #   make bench       the benchmarks on SQLite, PostgreSQL, MariaDB (~15 min; docs/benchmarks.md)
+#   make screenshots regenerate docs/screenshots/ from a seeded example database (Chromium)
 #
 # Variables:
 #   PYTHON=3.12            Python version (or an interpreter command/path); default 3.11
@@ -45,7 +46,7 @@ TEST_FLAGS = --backends "$(BACKENDS)" \
 	$(if $(call is_true,$(PARALLEL)),--parallel $(if $(SHARDS),--shards $(SHARDS)),--sequential) \
 	$(if $(TEST_TIMEOUT),--timeout $(TEST_TIMEOUT))
 
-.PHONY: help venv demo test lint format clean bench
+.PHONY: help venv demo test lint format clean bench screenshots
 
 help:
 	@sed -n '1,/^$$/s/^# \{0,1\}//p' Makefile
@@ -62,6 +63,9 @@ test: venv
 
 bench: venv
 	$(VPY) -m benchmarks $(BENCH_ARGS)
+
+screenshots: venv
+	$(VPY) scripts/screenshots.py
 
 lint: venv
 	$(VPY) -m ruff check .

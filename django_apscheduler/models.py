@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import models, router, transaction
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -172,6 +173,47 @@ class DjangoJobQuerySet(models.QuerySet):
                 backend.notify(using)
         return signed
 
+    def declared(self) -> DjangoJobQuerySet:
+        """Jobs declared in code with ``@scheduled_job`` (the code owns them)."""
+        return self.filter(declared_in_code=True)
+
+    def added_at_run_time(self) -> DjangoJobQuerySet:
+        """Jobs added by application code, the shell or the admin (not declared in code)."""
+        return self.exclude(declared_in_code=True)
+
+    def past_due(self, now: datetime) -> DjangoJobQuerySet:
+        """Jobs whose stored next run time is before ``now`` and no live scheduler holds.
+
+        The candidates for "overdue"; whether one is overdue also depends on its
+        ``misfire_grace_time``, which lives in the pickled state.
+        """
+        live = DjangoSchedulerInstance.objects.alive(now).values("id")
+        return (
+            self.unfinished()
+            .filter(next_run_time__lt=util.get_django_internal_datetime(now))
+            .filter(Q(acquired_by__isnull=True) | ~Q(acquired_by__in=live))
+        )
+
+    def set_pause_note(self, note: str | None) -> int:
+        """Keep ``note`` (why the jobs were paused; None drops it) on the selected jobs."""
+        return self.update(pause_note=(note or "").strip()[:1000] or None)
+
+    def retire(self) -> int:
+        """Turn the selected jobs into kept records (empty state, no next run time).
+
+        What removing a job from the admin does, so its execution history
+        stays: the store never returns such a row, and the retention setting or
+        ``prune`` deletes it with its last runs. Returns how many rows changed.
+        """
+        return self.update(
+            job_state=b"",
+            next_run_time=None,
+            acquired_by=None,
+            acquired_until=None,
+            pause_note=None,
+            version=Coalesce(models.F("version"), models.Value(0)) + 1,
+        )
+
 
 class DjangoJobManager(models.Manager.from_queryset(DjangoJobQuerySet)):  # type: ignore[misc]
     """The default manager of :class:`DjangoJob`, with :class:`DjangoJobQuerySet`'s methods."""
@@ -228,9 +270,23 @@ class DjangoJob(models.Model):
         editable=False,
         help_text=_("Incremented by every write, so concurrent changes are detected."),
     )
+    # Why the job was paused, written by the admin's pause action; shown while the
+    # job stays paused (a job resumed elsewhere shows no note).
+    pause_note = models.CharField(
+        max_length=1000,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("Why the job was paused (shown until it is resumed)."),
+    )
 
     class Meta:
         ordering = ("next_run_time",)
+        permissions = [
+            ("run_djangojob", _("Can run jobs now in the web process")),
+            ("trigger_djangojob", _("Can have the schedulers run jobs now")),
+            ("pause_djangojob", _("Can pause and resume jobs")),
+        ]
 
     def __str__(self) -> str:
         if self.next_run_time:
@@ -261,6 +317,90 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
     def unfinished(self) -> DjangoJobExecutionQuerySet:
         """The selected runs that have no final status yet ("Started execution")."""
         return self.filter(status=DjangoJobExecution.SENT)
+
+    def failures(self) -> DjangoJobExecutionQuerySet:
+        """Runs that failed: the job raised ("Error!") or its process died ("Interrupted")."""
+        return self.filter(status__in=DjangoJobExecution.FAILURE_STATUSES)
+
+    def since(self, when: datetime) -> DjangoJobExecutionQuerySet:
+        """Runs whose run time is at or after ``when``."""
+        return self.filter(run_time__gte=util.get_django_internal_datetime(when))
+
+    def latest_of(self, job_id: str, count: int) -> list[Any]:
+        """The last ``count`` runs of ``job_id``, newest first (exception and traceback included)."""
+        return list(self.filter(job_id=job_id).order_by("-run_time")[:count])
+
+    def latest_per_job(self, job_ids: list[str], count: int) -> list[dict]:
+        """The last ``count`` runs of each of ``job_ids``, newest first, in one query.
+
+        Each row has ``job_id``, ``status``, ``run_time`` and ``duration``. A
+        window function numbers each job's runs, so a page of jobs costs one
+        query however many jobs and runs there are.
+        """
+        from django.db.models import Window
+        from django.db.models.functions import RowNumber
+
+        numbered = (
+            self.filter(job_id__in=job_ids)
+            .annotate(
+                position=Window(
+                    RowNumber(),
+                    partition_by=[models.F("job_id")],
+                    order_by=models.F("run_time").desc(),
+                )
+            )
+            .filter(position__lte=count)
+            .order_by("job_id", "position")
+        )
+        return list(numbered.values("job_id", "status", "run_time", "duration"))
+
+    def per_hour(self, since: datetime) -> list[dict]:
+        """How many runs of each status started in each hour from ``since`` (UTC hours).
+
+        Rows of ``hour`` (an aware UTC datetime), ``status`` and ``count``.
+        """
+        from datetime import timezone as dt_timezone
+
+        from django.db.models import Count
+        from django.db.models.functions import TruncHour
+
+        return list(
+            self.since(since)
+            .annotate(hour=TruncHour("run_time", tzinfo=dt_timezone.utc))
+            .values("hour", "status")
+            .annotate(count=Count("id"))
+            .order_by("hour", "status")
+        )
+
+    def slowest_jobs(self, since: datetime, count: int) -> list[dict]:
+        """The ``count`` jobs with the longest average duration since ``since``.
+
+        Rows of ``job_id``, ``average``, ``longest`` and ``runs``.
+        """
+        from django.db.models import Avg, Count, Max
+
+        return list(
+            self.since(since)
+            .filter(duration__isnull=False)
+            .values("job_id")
+            .annotate(average=Avg("duration"), longest=Max("duration"), runs=Count("id"))
+            .order_by("-average", "job_id")[:count]
+        )
+
+    def failing_jobs(self, since: datetime, count: int) -> list[dict]:
+        """The ``count`` jobs with the most failed runs since ``since``.
+
+        Rows of ``job_id``, ``failures`` and ``last_failure`` (the latest failed run time).
+        """
+        from django.db.models import Count, Max
+
+        return list(
+            self.since(since)
+            .failures()
+            .values("job_id")
+            .annotate(failures=Count("id"), last_failure=Max("run_time"))
+            .order_by("-failures", "job_id")[:count]
+        )
 
     def interrupt(self, reason: str) -> int:
         """Mark the selected runs "Interrupted" with ``reason``, finished now; return how many.
@@ -318,6 +458,8 @@ class DjangoJobExecution(models.Model):
     INTERRUPTED = "Interrupted"
 
     STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS, INTERRUPTED]]
+    #: The statuses of runs that failed (counted as failures by the admin).
+    FAILURE_STATUSES = (ERROR, INTERRUPTED)
 
     id = models.BigAutoField(primary_key=True, help_text=_("Unique ID for this job execution."))
     job = models.ForeignKey(

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGING_FILES = ("setup.cfg", "setup.py", "pyproject.toml")
 STAMP = ".django-apscheduler-stamp"
 MARIADB_APT_PACKAGES = ("libmariadb-dev", "pkg-config")
+#: The browser the admin's browser tests drive (Playwright with Debian's Chromium).
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def django_requirement(spec: str) -> str:
@@ -102,6 +104,30 @@ def ensure_mariadb_client() -> None:
     )
 
 
+def ensure_chromium() -> None:
+    """Install Debian's Chromium for the browser tests when missing and we are root with apt.
+
+    Playwright's own browser download is not used: the tests launch
+    ``/usr/bin/chromium``. Without root or apt, say what to install; the
+    browser tests then fail naming the missing browser.
+    """
+    if CHROMIUM.exists():
+        return
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"The browser tests need {CHROMIUM}: apt-get install chromium")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+        if CHROMIUM.exists():
+            return
+    print(
+        f"warning: the admin's browser tests need Chromium at {CHROMIUM}, which is missing.\n"
+        "Install it, then run make again:\n"
+        "    sudo apt-get install chromium      # Debian/Ubuntu",
+        file=sys.stderr,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", required=True, type=Path, help="environment directory")
@@ -115,6 +141,8 @@ def main() -> int:
     wanted = stamp_text(requirements)
     stamp = path / STAMP
     label = f"{args.venv} (Python {platform.python_version()}, {requirements[1]})"
+    if "test" in args.extras:
+        ensure_chromium()
     if stamp.exists() and stamp.read_text() == wanted and venv_python(path).exists():
         print(f"Virtual environment {label} is up to date.")
         return 0

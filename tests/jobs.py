@@ -49,3 +49,30 @@ def count_jobs(tag: str = "count") -> None:
 
     with _lock:
         calls.append((f"{tag}:{DjangoJob.objects.count()}", time.time()))
+
+
+# Functions the admin's form may schedule (its allow-list); see django_apscheduler.functions.
+from django_apscheduler.functions import schedulable  # noqa: E402
+
+
+@schedulable(label="Record a call (tests)")
+def admin_record(tag: str = "admin") -> None:
+    """Notes that it ran, like ``record``; on the admin's allow-list."""
+    record(tag)
+
+
+@schedulable
+def admin_fail(message: str = "admin boom") -> None:
+    """Raises ``ValueError(message)``; on the admin's allow-list."""
+    raise ValueError(message)
+
+
+def wait_for_file(path: str, timeout: float = 120.0) -> None:
+    """Runs until ``path`` exists (or ``timeout`` s): a job the test releases when it wants."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.05)

@@ -450,14 +450,24 @@ def test_view_only_staff_can_see_the_pages_but_not_run_jobs(client):
     assert not DjangoJobExecution.objects.exists()
 
 
-def test_staff_with_change_permission_can_run_jobs(client):
-    client.force_login(user_with("view_djangojob", "change_djangojob"))
+def test_staff_with_the_run_permission_can_run_jobs(client):
+    client.force_login(user_with("view_djangojob", "run_djangojob"))
     store_job("rec", jobs.record)
 
     assert 'value="run_selected_jobs"' in client.get(JOBS_URL).content.decode()
     response = run_action(client, "rec")
     assert sent_messages(response) == [(messages.INFO, "Executed job 'rec'!")]
     assert len(jobs.calls) == 1
+
+
+def test_the_change_permission_alone_does_not_run_jobs(client):
+    """Each action has its own permission: changing jobs is not running them."""
+    client.force_login(user_with("view_djangojob", "change_djangojob"))
+    store_job("rec", jobs.record)
+
+    assert 'value="run_selected_jobs"' not in client.get(JOBS_URL).content.decode()
+    run_action(client, "rec")
+    assert jobs.calls == []
 
 
 def test_anonymous_users_are_sent_to_the_login_page(client):
@@ -480,13 +490,13 @@ def test_execution_change_page_shows_the_traceback(admin_client):
     assert "raise ValueError(message)" in html
 
 
-def test_jobs_cannot_be_added_or_edited_by_hand_in_the_admin(admin_client):
-    """A job's schedule lives in its pickled state: the admin must not create or desync rows."""
+def test_a_row_that_is_not_a_restorable_job_cannot_be_edited_in_the_admin(admin_client):
+    """A broken row's schedule cannot be read back: its page is read-only, never a desync."""
     DjangoJob.objects.create(id="hand", next_run_time=None, job_state=b"x")
-    assert admin_client.get(reverse("admin:django_apscheduler_djangojob_add")).status_code == 403
     page = admin_client.get(reverse("admin:django_apscheduler_djangojob_change", args=["hand"]))
     assert page.status_code == 200
     assert b'name="next_run_time' not in page.content
+    assert b'name="_save"' not in page.content
 
 
 def test_instances_page_lists_schedulers_and_whether_they_are_alive(admin_client):

@@ -9,6 +9,7 @@ path, so job functions live at module level.
 from django.utils import timezone
 
 from django_apscheduler import scheduled_job
+from django_apscheduler.functions import schedulable
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 
@@ -25,3 +26,17 @@ def demo_job() -> None:
         f"{logged} earlier runs logged)",
         flush=True,
     )
+
+
+# Functions the admin may schedule (its allow-list), without a schedule of their own:
+# the admin's "Add django job" form offers them.
+@schedulable(label="Send the daily report")
+def send_report(recipient: str = "ops@example.com") -> None:
+    """Stand-in for real work: print who would get the report."""
+    print(f"send_report: would mail the report to {recipient}", flush=True)
+
+
+@schedulable
+def refresh_cache(section: str = "all") -> None:
+    """Stand-in for real work: print which cache section would be refreshed."""
+    print(f"refresh_cache: would refresh {section}", flush=True)
