@@ -8,6 +8,7 @@ through its typed accessor below (``lease_time()``, ``threads()``...);
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from datetime import tzinfo
 from typing import Any, Literal
@@ -263,6 +264,23 @@ def problems() -> list[tuple[str, str, str]]:
     module = get("APSCHEDULER_JOBS_MODULE")
     if not isinstance(module, str) or not module.isidentifier():
         add(f"APSCHEDULER_JOBS_MODULE must be a module name; it is {module!r}.", code="E007")
+    return found
+
+
+def unknown_settings() -> list[tuple[str, str | None]]:
+    """Every ``APSCHEDULER_*`` setting this app does not read, with the closest known name.
+
+    A misspelled setting (``APSCHEDULER_THREAD = 4``) is otherwise silently
+    ignored and its default used. Returns ``(name, suggestion or None)``.
+    """
+    prefix = "APSCHEDULER_"
+    known = sorted(name[len(prefix) :] for name in DEFAULTS)  # the prefix would match anything
+    found = []
+    for name in sorted(dir(settings)):
+        if not name.startswith(prefix) or name in DEFAULTS:
+            continue
+        close = difflib.get_close_matches(name[len(prefix) :], known, n=1, cutoff=0.6)
+        found.append((name, prefix + close[0] if close else None))
     return found
 
 
