@@ -200,13 +200,41 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
         Only runs still "Started execution" change: a final status is never
         overwritten.
         """
-        from django_apscheduler import executions
+        from django_apscheduler import executions, signals
 
-        return self.unfinished().update(
-            status=DjangoJobExecution.INTERRUPTED,
-            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
-            finished=executions.decimal_seconds(executions.now_epoch()),
-        )
+        values = {
+            "status": DjangoJobExecution.INTERRUPTED,
+            "exception": reason[: executions.EXCEPTION_MAX_LENGTH],
+            "finished": executions.decimal_seconds(executions.now_epoch()),
+        }
+        if not signals.job_interrupted.has_listeners(DjangoJob):
+            return self.unfinished().update(**values)
+        # One conditional update per run: of several processes interrupting the
+        # same runs (two reapers of one dead instance), only the one whose update
+        # changed the row sends ``job_interrupted``, after its transaction commits.
+        using = self.db
+        count = 0
+        for pk, job_id, run_time in self.unfinished().values_list("pk", "job_id", "run_time"):
+            if (
+                not DjangoJobExecution.objects.using(using)
+                .unfinished()
+                .filter(pk=pk)
+                .update(**values)
+            ):
+                continue
+            count += 1
+
+            def send(pk: int = pk, job_id: str = job_id, run_time: datetime = run_time) -> None:
+                signals.send(
+                    signals.job_interrupted,
+                    job_id=job_id,
+                    run_time=run_time,
+                    execution=DjangoJobExecution.objects.using(using).filter(pk=pk).first(),
+                    reason=reason,
+                )
+
+            transaction.on_commit(send, using=using)
+        return count
 
 
 class DjangoJobExecutionManager(
