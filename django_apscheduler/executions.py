@@ -573,8 +573,11 @@ class ExecutionRecorder:
             self._write_logged([record])
 
 
+_PHASES = {"job_submitted": 0, "job_started": 1}
+
+
 def send_signals(records: list[Record]) -> None:
-    """Send the signal of each record that has one (see :mod:`signals`), in order.
+    """Send the signal of each record that has one (see :mod:`signals`).
 
     The rows of the runs are read in one query, only when a signal has
     receivers; a row that cannot be read is passed as None.
@@ -584,6 +587,10 @@ def send_signals(records: list[Record]) -> None:
     ]
     if not wanted:
         return
+    # APScheduler reports a submission after the executor took the job, so a
+    # quick run's end (from the job's thread) often arrives first: within a
+    # batch, submissions go first, then starts, then the outcomes.
+    wanted.sort(key=lambda r: _PHASES.get(r.event or "", 2))
     rows: dict[tuple[str, datetime], DjangoJobExecution] = {}
     try:
         found = DjangoJobExecution.objects.filter(

@@ -194,6 +194,26 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
         """The selected runs that have no final status yet ("Started execution")."""
         return self.filter(status=DjangoJobExecution.SENT)
 
+    def failures(self) -> DjangoJobExecutionQuerySet:
+        """The selected runs that did not succeed: errors, missed, refused and interrupted runs."""
+        return self.exclude(status__in=[DjangoJobExecution.SUCCESS, DjangoJobExecution.SENT])
+
+    def history(
+        self, job_id: str | None = None, *, failed: bool = False, limit: int | None = None
+    ) -> DjangoJobExecutionQuerySet:
+        """The latest runs first (of ``job_id`` only, if given; only failures if ``failed``).
+
+        What ``manage.py apscheduler history`` shows; one indexed query
+        (``run_time``, and the job's foreign key).
+        """
+        runs = self
+        if job_id is not None:
+            runs = runs.filter(job_id=job_id)
+        if failed:
+            runs = runs.failures()
+        runs = runs.order_by("-run_time", "-id")
+        return runs[:limit] if limit is not None else runs
+
     def interrupt(self, reason: str) -> int:
         """Mark the selected runs "Interrupted" with ``reason``, finished now; return how many.
 

@@ -8,6 +8,11 @@ deployments): every job whose stored next run time has come, also one that
 came while no scheduler ran, is run within its ``misfire_grace_time`` or
 logged "Missed!". Any number of copies may run at once, on any hosts.
 
+It prints one line per run (job, scheduled time, status, duration, and the
+exception's first line on error) whatever ``LOGGING`` says; ``-v 2`` adds the
+submissions and starts, each run's execution id and instance, and this app's
+INFO log records; ``-v 0`` prints nothing but errors.
+
 Projects that wrote their own ``runapscheduler`` command (the 0.7.0 README's
 pattern) keep it: when another installed app has a command of that name, it
 is the one that runs.
