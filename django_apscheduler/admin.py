@@ -25,7 +25,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
-from django_apscheduler import conf, run_now, util
+from django_apscheduler import conf, overdue, run_now, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,10 @@ class DjangoJobAdmin(admin.ModelAdmin):
                 type(state.error).__name__,
                 state.error,
             )
+        if state.job is not None and overdue.overdue_job(
+            obj.id, obj.next_run_time, state.job.misfire_grace_time
+        ):
+            return format_html('<span style="color: red;">{}</span>', _("overdue"))
         return format_html(
             '<span style="color: {};">{}</span>',
             self.state_color_mapping[state.name],

@@ -62,6 +62,12 @@ DEFAULTS: dict[str, Any] = {
     "APSCHEDULER_SHUTDOWN_TIMEOUT": 30,
     # Module name looked up in every installed app for jobs declared in code.
     "APSCHEDULER_JOBS_MODULE": "jobs",
+    # --- observability (docs/observability.md) ---
+    # Seconds past its next run time after which a job that has not started is
+    # overdue: a number for every job, or a dict of job id -> seconds with "*"
+    # for the others. None: the job's misfire_grace_time plus the lease time and
+    # poll interval (the time a live scheduler may take to pick it up).
+    "APSCHEDULER_OVERDUE_AFTER": None,
 }
 
 #: The job defaults of the schedulers this app builds, before APSCHEDULER_JOB_DEFAULTS.
@@ -185,6 +191,26 @@ def jobs_module() -> str:
     return str(get("APSCHEDULER_JOBS_MODULE"))  # system check E007 reports a non-name
 
 
+def overdue_after(job_id: str) -> float | None:
+    """``APSCHEDULER_OVERDUE_AFTER`` for ``job_id``: seconds, or None for the default allowance."""
+    value = get("APSCHEDULER_OVERDUE_AFTER")
+    if isinstance(value, Mapping):
+        value = value.get(job_id, value.get("*"))
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _misconfigured("APSCHEDULER_OVERDUE_AFTER", "a number of seconds", value) from None
+
+
+def overdue_after_values() -> list[float]:
+    """Every allowance ``APSCHEDULER_OVERDUE_AFTER`` sets (for the candidates' query)."""
+    value = get("APSCHEDULER_OVERDUE_AFTER")
+    values = list(value.values()) if isinstance(value, Mapping) else [value]
+    return [float(v) for v in values if v is not None]
+
+
 def _number(name: str, *, minimum: float, allow_none: bool = False) -> str | None:
     value = get(name)
     if value is None and allow_none:
@@ -261,6 +287,18 @@ def problems() -> list[tuple[str, str, str]]:
             astimezone(tz)
         except Exception as exc:
             add(f"APSCHEDULER_TIMEZONE {tz!r} is not a time zone: {exc}", code="E006")
+    overdue = get("APSCHEDULER_OVERDUE_AFTER")
+    for key, value in overdue.items() if isinstance(overdue, dict) else [(None, overdue)]:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            where = "" if key is None else f"[{key!r}]"
+            add(
+                f"APSCHEDULER_OVERDUE_AFTER{where} must be a number of seconds (at least 0) or "
+                f"None; it is {value!r}.",
+                'A number for every job, or a dict of job id -> seconds ("*": the others).',
+                "E014",
+            )
     module = get("APSCHEDULER_JOBS_MODULE")
     if not isinstance(module, str) or not module.isidentifier():
         add(f"APSCHEDULER_JOBS_MODULE must be a module name; it is {module!r}.", code="E007")

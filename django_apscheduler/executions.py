@@ -108,6 +108,8 @@ class Record:
     logged: bool = field(default=True, compare=False)
     #: The exception a failed run raised, when it ran in this process (not stored).
     error: BaseException | None = field(default=None, compare=False, repr=False)
+    #: More keyword arguments of the record's signal.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     key: tuple[str, datetime] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -615,11 +617,12 @@ def send_signals(records: list[Record]) -> None:
                 traceback=record.traceback,
                 duration=duration,
             )
+        extra.update(record.extra)
         signals.send(
             signals.ALL[record.event],
             job_id=record.job_id,
             run_time=record.run_time,
-            execution=rows.get(record.key),
+            execution=None if record.event == "job_overdue" else rows.get(record.key),
             instance=record.instance,
             **extra,
         )

@@ -112,6 +112,37 @@ class DjangoJobQuerySet(models.QuerySet):
         """Jobs without a next run time (broken rows included: the state is not unpickled)."""
         return self.unfinished().filter(next_run_time__isnull=True)
 
+    def late(self, before: datetime) -> DjangoJobQuerySet:
+        """Scheduled jobs whose next run time is before ``before`` (the overdue candidates).
+
+        One query on the ``next_run_time`` index; which of them are overdue
+        depends on each job's allowance (:mod:`django_apscheduler.overdue`).
+        """
+        return self.scheduled().filter(next_run_time__lt=before)
+
+    def overdue(self, now: datetime | None = None) -> DjangoJobQuerySet:
+        """The jobs overdue at ``now``: past their next run time by more than their allowance.
+
+        For the admin and the health command: true whether or not a scheduler
+        is alive (see :func:`django_apscheduler.overdue.find_overdue`).
+        """
+        from django_apscheduler import overdue
+
+        return self.filter(id__in=[o.job_id for o in overdue.find_overdue(now, using=self.db)])
+
+    def mark_overdue_reported(self, job_id: str, next_run_time: datetime) -> bool:
+        """Note that ``job_id``'s run at ``next_run_time`` was reported overdue; False if it was.
+
+        One conditional update: of several schedulers detecting the same
+        episode, only one changes the row and reports it. A job that ran
+        meanwhile (another next run time) is not marked.
+        """
+        return bool(
+            self.filter(id=job_id, next_run_time=next_run_time)
+            .exclude(overdue_reported=next_run_time)
+            .update(overdue_reported=next_run_time)
+        )
+
 
 class DjangoJobManager(models.Manager.from_queryset(DjangoJobQuerySet)):  # type: ignore[misc]
     """The default manager of :class:`DjangoJob`, with :class:`DjangoJobQuerySet`'s methods."""
@@ -159,6 +190,15 @@ class DjangoJob(models.Model):
         null=True,
         editable=False,
         help_text=_("Incremented by every write, so concurrent changes are detected."),
+    )
+
+    # Overdue detection (see ``overdue``): the next run time last reported as
+    # overdue, so that an episode is reported once, by one instance.
+    overdue_reported = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("The next run time that was reported overdue (once per overdue episode)."),
     )
 
     class Meta:

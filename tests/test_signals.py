@@ -127,7 +127,7 @@ def test_signals_are_sent_even_when_the_log_keeps_nothing(make_scheduler, receiv
     settings.APSCHEDULER_EXECUTION_LOG = "none"
     scheduler = make_scheduler()
     scheduler.add_job("tests.jobs:fail", "date", run_date=timezone.now(), id="bad")
-    wait_until(lambda: received.of("job_failed"), timeout=60)
+    wait_until(lambda: received.of("job_failed") and received.of("job_submitted"), timeout=60)
     assert received.of("job_failed")[0]["execution"] is None
     assert [k["job_id"] for k in received.of("job_submitted")] == ["bad"]
     assert not DjangoJobExecution.objects.exists()

@@ -39,7 +39,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
-from django_apscheduler import client, conf, coordination, executions, run_now, util
+from django_apscheduler import client, coordination, executions, overdue, run_now, util
 from django_apscheduler.exceptions import DeclaredJobError, UnrestorableJobError
 from django_apscheduler.models import (
     DjangoJob,
@@ -487,24 +487,21 @@ class Command(BaseCommand):
     def _job_problems(
         now: datetime, lease: timedelta
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The jobs that cannot be restored here, and those overdue beyond their grace time.
+        """The jobs that cannot be restored here, and those overdue (see ``overdue``).
 
-        A job is overdue when it should have started longer ago than its grace
-        time, plus the time a scheduler may take to notice it (lease + poll).
-        A broken job is reported as broken only (its next run time never moves).
+        A job is overdue when it should have started longer ago than its
+        allowance: ``APSCHEDULER_OVERDUE_AFTER``, by default its grace time plus
+        the time a scheduler may take to notice it (lease + poll). A broken job
+        is reported as broken only (its next run time never moves).
         """
-        slack = lease + timedelta(seconds=conf.poll_interval())
-        broken, overdue = [], []
-        rows = DjangoJob.objects.order_by("id").values_list("id", "next_run_time", "job_state")
-        for job_id, next_run_time, state in rows.iterator():
-            classified = classify_job(state, next_run_time)
+        broken = []
+        rows = DjangoJob.objects.unfinished().order_by("id").values_list("id", "job_state")
+        for job_id, state in rows.iterator():
+            classified = classify_job(state, None)
             if classified.error is not None:
                 broken.append({"id": job_id, "reason": classified.reason})
-                continue
-            job = classified.job
-            if classified.name != "scheduled" or job is None or next_run_time is None:
-                continue  # finished or paused
-            late = now - next_run_time
-            if late > slack + timedelta(seconds=job.misfire_grace_time or 0):
-                overdue.append({"id": job_id, "late_seconds": round(late.total_seconds(), 1)})
-        return broken, overdue
+        late = [
+            {"id": job.job_id, "late_seconds": round(job.late.total_seconds(), 1)}
+            for job in overdue.find_overdue(now)
+        ]
+        return broken, sorted(late, key=lambda o: o["id"])

@@ -1,0 +1,24 @@
+# Overdue detection: each job row notes the next run time last reported overdue, so that
+# one live scheduler reports an overdue episode once (a conditional update), whatever the
+# number of schedulers. Nullable: no existing row is rewritten.
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("django_apscheduler", "0012_djangoschedulerinstance_declared_ids"),
+    ]
+
+    operations = [
+        migrations.AddField(
+            model_name="djangojob",
+            name="overdue_reported",
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text="The next run time that was reported overdue (once per overdue episode).",
+                null=True,
+            ),
+        ),
+    ]
