@@ -10,5 +10,9 @@ class DjangoApschedulerConfig(AppConfig):
     def ready(self) -> None:
         from django_apscheduler import checks, conf, runner  # noqa: F401 (checks registers)
 
+        if conf.get("APSCHEDULER_ALERT_AFTER_FAILURES") is not None:
+            from django_apscheduler import alerts
+
+            alerts.connect()
         if conf.autostart() and runner.autostart_wanted():
             runner.autostart()

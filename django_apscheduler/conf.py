@@ -68,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
     # for the others. None: the job's misfire_grace_time plus the lease time and
     # poll interval (the time a live scheduler may take to pick it up).
     "APSCHEDULER_OVERDUE_AFTER": None,
+    # Mail the admins (mail_admins) after this many consecutive failed runs of a
+    # job, and when a job is overdue; one "recovered" mail follows. None: no mail.
+    "APSCHEDULER_ALERT_AFTER_FAILURES": None,
 }
 
 #: The job defaults of the schedulers this app builds, before APSCHEDULER_JOB_DEFAULTS.
@@ -204,6 +207,13 @@ def overdue_after(job_id: str) -> float | None:
         raise _misconfigured("APSCHEDULER_OVERDUE_AFTER", "a number of seconds", value) from None
 
 
+def alert_after_failures() -> int | None:
+    """``APSCHEDULER_ALERT_AFTER_FAILURES``: consecutive failures that mail the admins; None: off."""
+    if get("APSCHEDULER_ALERT_AFTER_FAILURES") is None:
+        return None
+    return _int("APSCHEDULER_ALERT_AFTER_FAILURES")
+
+
 def overdue_after_values() -> list[float]:
     """Every allowance ``APSCHEDULER_OVERDUE_AFTER`` sets (for the candidates' query)."""
     value = get("APSCHEDULER_OVERDUE_AFTER")
@@ -287,6 +297,13 @@ def problems() -> list[tuple[str, str, str]]:
             astimezone(tz)
         except Exception as exc:
             add(f"APSCHEDULER_TIMEZONE {tz!r} is not a time zone: {exc}", code="E006")
+    alert = get("APSCHEDULER_ALERT_AFTER_FAILURES")
+    if alert is not None and (isinstance(alert, bool) or not isinstance(alert, int) or alert < 1):
+        add(
+            f"APSCHEDULER_ALERT_AFTER_FAILURES must be an integer of at least 1 or None; it is "
+            f"{alert!r}.",
+            code="E015",
+        )
     overdue = get("APSCHEDULER_OVERDUE_AFTER")
     for key, value in overdue.items() if isinstance(overdue, dict) else [(None, overdue)]:
         if value is None:

@@ -130,6 +130,26 @@ class DjangoJobQuerySet(models.QuerySet):
 
         return self.filter(id__in=[o.job_id for o in overdue.find_overdue(now, using=self.db)])
 
+    def open_alert(self, job_id: str, since: datetime) -> bool:
+        """Note an alert for ``job_id``'s failures since ``since``; False if one is open already.
+
+        One conditional update, so one process sends the alert of an episode.
+        """
+        return bool(
+            self.filter(id=job_id, alert_open_since__isnull=True).update(alert_open_since=since)
+        )
+
+    def close_alert(self, job_id: str) -> bool:
+        """Close ``job_id``'s open alert; False if none was open (or another process closed it).
+
+        A read first: the common case, no open alert, then takes no row lock.
+        """
+        if not self.filter(id=job_id, alert_open_since__isnull=False).exists():
+            return False
+        return bool(
+            self.filter(id=job_id, alert_open_since__isnull=False).update(alert_open_since=None)
+        )
+
     def mark_overdue_reported(self, job_id: str, next_run_time: datetime) -> bool:
         """Note that ``job_id``'s run at ``next_run_time`` was reported overdue; False if it was.
 
@@ -201,6 +221,15 @@ class DjangoJob(models.Model):
         help_text=_("The next run time that was reported overdue (once per overdue episode)."),
     )
 
+    # Failure alerts (see ``alerts``): the run time of the first failure of the
+    # episode an alert was mailed for; NULL when no alert is open.
+    alert_open_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the failures (or the overdue run) that an alert was sent for began."),
+    )
+
     class Meta:
         ordering = ("next_run_time",)
 
@@ -237,6 +266,15 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
     def failures(self) -> DjangoJobExecutionQuerySet:
         """The selected runs that did not succeed: errors, missed, refused and interrupted runs."""
         return self.exclude(status__in=[DjangoJobExecution.SUCCESS, DjangoJobExecution.SENT])
+
+    def latest_outcomes(self, job_id: str, count: int) -> list[tuple[datetime, str]]:
+        """(run time, status) of ``job_id``'s latest ``count`` runs with a final status."""
+        return list(
+            self.filter(job_id=job_id)
+            .exclude(status=DjangoJobExecution.SENT)
+            .order_by("-run_time")
+            .values_list("run_time", "status")[:count]
+        )
 
     def history(
         self, job_id: str | None = None, *, failed: bool = False, limit: int | None = None
