@@ -14,5 +14,9 @@ class DjangoApschedulerConfig(AppConfig):
             from django_apscheduler import alerts
 
             alerts.connect()
+        from django_apscheduler import metrics
+
+        if metrics.available():
+            metrics.enable()  # counters only: no query, no thread
         if conf.autostart() and runner.autostart_wanted():
             runner.autostart()

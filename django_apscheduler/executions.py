@@ -372,7 +372,7 @@ def _note_start(job_id: str, run_time: Any) -> None:
         _starts[(job_id, run_time.timestamp())] = started
         while len(_starts) > _STARTS_LIMIT:
             _starts.popitem(last=False)
-    if signals.job_started.has_listeners(DjangoJob):
+    if signals.wanted("job_started"):
         # Sent from the recorder's thread, like the other signals: not in the job's.
         recorder.submit(
             [
@@ -581,36 +581,40 @@ _PHASES = {"job_submitted": 0, "job_started": 1}
 def send_signals(records: list[Record]) -> None:
     """Send the signal of each record that has one (see :mod:`signals`).
 
-    The rows of the runs are read in one query, only when a signal has
-    receivers; a row that cannot be read is passed as None.
+    The observers get every event; the rows of the runs are read in one
+    query, only when a signal has receivers; a row that cannot be read is
+    passed as None.
     """
-    wanted = [
-        r for r in records if r.event is not None and signals.ALL[r.event].has_listeners(DjangoJob)
-    ]
-    if not wanted:
+    events = [r for r in records if r.event is not None and signals.wanted(r.event)]
+    if not events:
         return
     # APScheduler reports a submission after the executor took the job, so a
     # quick run's end (from the job's thread) often arrives first: within a
     # batch, submissions go first, then starts, then the outcomes.
-    wanted.sort(key=lambda r: _PHASES.get(r.event or "", 2))
+    events.sort(key=lambda r: _PHASES.get(r.event or "", 2))
+    listened = [r for r in events if signals.ALL[r.event or ""].has_listeners(DjangoJob)]
     rows: dict[tuple[str, datetime], DjangoJobExecution] = {}
-    try:
-        found = DjangoJobExecution.objects.filter(
-            job_id__in={r.job_id for r in wanted}, run_time__in={r.run_time for r in wanted}
-        )
-        rows = {(row.job_id, row.run_time): row for row in found}
-    except Exception:
-        logger.exception("Could not read the runs of jobs %s", sorted({r.job_id for r in wanted}))
-    for record in wanted:
-        assert record.event is not None
-        extra: dict[str, Any] = {}
+    if listened:
+        try:
+            found = DjangoJobExecution.objects.filter(
+                job_id__in={r.job_id for r in listened},
+                run_time__in={r.run_time for r in listened},
+            )
+            rows = {(row.job_id, row.run_time): row for row in found}
+        except Exception:
+            logger.exception(
+                "Could not read the runs of jobs %s", sorted({r.job_id for r in listened})
+            )
+    for record in events:
+        name = record.event or ""
         seconds = record.duration()
         duration = None if seconds is None else float(seconds)
-        if record.event == "job_started":
+        extra: dict[str, Any] = {}
+        if name == "job_started":
             extra["started"] = record.started
-        elif record.event == "job_succeeded":
+        elif name == "job_succeeded":
             extra["duration"] = duration
-        elif record.event == "job_failed":
+        elif name == "job_failed":
             extra.update(
                 exception=record.error,
                 message=record.exception,
@@ -618,14 +622,16 @@ def send_signals(records: list[Record]) -> None:
                 duration=duration,
             )
         extra.update(record.extra)
-        signals.send(
-            signals.ALL[record.event],
-            job_id=record.job_id,
-            run_time=record.run_time,
-            execution=None if record.event == "job_overdue" else rows.get(record.key),
-            instance=record.instance,
+        kwargs = {
+            "job_id": record.job_id,
+            "run_time": record.run_time,
+            "instance": record.instance,
             **extra,
-        )
+        }
+        signals.notify(name, **kwargs)
+        if signals.ALL[name].has_listeners(DjangoJob):
+            execution = None if name == "job_overdue" else rows.get(record.key)
+            signals.send(signals.ALL[name], execution=execution, **kwargs)
 
 
 def write_now_patiently(records: list[Record]) -> None:
@@ -690,10 +696,7 @@ def make_listener(
             for record in records:
                 record.logged = _logged(record)
             records = [
-                r
-                for r in records
-                if r.logged
-                or (r.event is not None and signals.ALL[r.event].has_listeners(DjangoJob))
+                r for r in records if r.logged or (r.event is not None and signals.wanted(r.event))
             ]
             if not records:
                 return

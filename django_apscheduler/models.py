@@ -305,7 +305,7 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             "exception": reason[: executions.EXCEPTION_MAX_LENGTH],
             "finished": executions.decimal_seconds(executions.now_epoch()),
         }
-        if not signals.job_interrupted.has_listeners(DjangoJob):
+        if not signals.wanted("job_interrupted"):
             return self.unfinished().update(**values)
         # One conditional update per run: of several processes interrupting the
         # same runs (two reapers of one dead instance), only the one whose update
@@ -323,13 +323,15 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             count += 1
 
             def send(pk: int = pk, job_id: str = job_id, run_time: datetime = run_time) -> None:
-                signals.send(
-                    signals.job_interrupted,
-                    job_id=job_id,
-                    run_time=run_time,
-                    execution=DjangoJobExecution.objects.using(using).filter(pk=pk).first(),
-                    reason=reason,
-                )
+                signals.notify("job_interrupted", job_id=job_id, run_time=run_time, reason=reason)
+                if signals.job_interrupted.has_listeners(DjangoJob):
+                    signals.send(
+                        signals.job_interrupted,
+                        job_id=job_id,
+                        run_time=run_time,
+                        execution=DjangoJobExecution.objects.using(using).filter(pk=pk).first(),
+                        reason=reason,
+                    )
 
             transaction.on_commit(send, using=using)
         return count

@@ -44,7 +44,7 @@ delays the log of the runs that follow.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from django.dispatch import Signal
 
@@ -68,6 +68,35 @@ ALL: dict[str, Signal] = {
     "job_interrupted": job_interrupted,
     "job_overdue": job_overdue,
 }
+
+
+#: Callbacks of this package (the Prometheus metrics) called with every event's
+#: signal name and arguments, without the execution row: they cost no query.
+_observers: list[Callable[..., None]] = []
+
+
+def observe(callback: Callable[..., None]) -> None:
+    """Call ``callback(name, **kwargs)`` for every event of this process (idempotent)."""
+    if callback not in _observers:
+        _observers.append(callback)
+
+
+def wanted(name: str) -> bool:
+    """Whether the event ``name`` has a receiver or an observer (else it is not even built)."""
+    from django_apscheduler.models import DjangoJob
+
+    return bool(_observers) or ALL[name].has_listeners(DjangoJob)
+
+
+def notify(name: str, **kwargs: Any) -> None:
+    """Call the observers with the event ``name``; log, never raise, what one raises."""
+    for callback in _observers:
+        try:
+            callback(name, **kwargs)
+        except Exception:
+            logger.exception(
+                "Observer %r of %s for job %r raised", callback, name, kwargs.get("job_id")
+            )
 
 
 def send(signal: Signal, **kwargs: Any) -> None:

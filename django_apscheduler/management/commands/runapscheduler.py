@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from django.apps import apps
 from django.core.management import find_commands
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from django_apscheduler import runner, signals
@@ -161,6 +161,13 @@ class Command(BaseCommand):
             ),
         )
         parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            metavar="PORT",
+            help="Serve Prometheus metrics on this port (needs the 'prometheus' extra).",
+        )
+        parser.add_argument(
             "--seconds",
             type=float,
             default=None,
@@ -168,10 +175,25 @@ class Command(BaseCommand):
         )
 
     def handle(
-        self, *args: Any, burst: bool = False, seconds: float | None = None, **options: Any
+        self,
+        *args: Any,
+        burst: bool = False,
+        seconds: float | None = None,
+        metrics_port: int | None = None,
+        **options: Any,
     ) -> None:
         verbosity = int(options.get("verbosity", 1))
         self._configure_logging(verbosity)
+        server = None
+        if metrics_port is not None:
+            from django_apscheduler import metrics
+
+            if not metrics.available():
+                raise CommandError(f"--metrics-port: {metrics.MISSING}")
+            try:
+                server = metrics.start_server(metrics_port)
+            except OSError as exc:
+                raise CommandError(f"--metrics-port {metrics_port}: {exc}") from None
 
         lock = threading.Lock()
 
@@ -182,11 +204,16 @@ class Command(BaseCommand):
                     self.stdout.flush()
 
         receivers = RunPrinter(write, verbosity).connect() if verbosity > 0 else []
+        if server is not None:
+            write(f"Serving Prometheus metrics on port {metrics_port} (path /metrics).")
         try:
             runner.run_until_stopped(burst=burst, seconds=seconds, write=write)
         finally:
             for signal, receiver in receivers:
                 signal.disconnect(receiver)
+            if server is not None:
+                server.shutdown()
+                server.server_close()
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:
