@@ -26,10 +26,12 @@ jobs stored) before their snippets run.
 from __future__ import annotations
 
 import configparser
+import gc
 import importlib
 import re
 import shlex
 import sys
+import types
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -108,7 +110,9 @@ def project(tmp_path, monkeypatch):
     before = set(sys.modules)
     yield tmp_path
     for name in set(sys.modules) - before:
-        if (tmp_path.as_posix() in str(getattr(sys.modules[name], "__file__", "") or "")) or (
+        if not isinstance(sys.modules[name], types.ModuleType):  # a stub a snippet's setup made
+            del sys.modules[name]
+        elif (tmp_path.as_posix() in str(getattr(sys.modules[name], "__file__", "") or "")) or (
             getattr(sys.modules[name], "__path__", None)
             and any(tmp_path.as_posix() in p for p in sys.modules[name].__path__)
         ):
@@ -237,7 +241,15 @@ def test_every_snippet_runs(doc, project, isolated_registry):
             if isinstance(value, BaseScheduler) and value.running:
                 value.shutdown(wait=False)
         executions.recorder.flush(timeout=30)
-    if doc.name in ("quickstart.md", "README.md", "multiple-schedulers.md", "deployment.md"):
+        namespace.clear()  # the snippets' receivers are weakly connected: this disconnects them
+        gc.collect()
+    if doc.name in (
+        "quickstart.md",
+        "README.md",
+        "multiple-schedulers.md",
+        "deployment.md",
+        "observability.md",
+    ):
         assert ran, f"{doc.name}: no snippet was run"
 
 
