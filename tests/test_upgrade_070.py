@@ -50,6 +50,7 @@ NEW_MIGRATIONS = [
     "0010_coordination",
     "0011_djangojob_declared_in_code",
     "0012_djangoschedulerinstance_declared_ids",
+    "0015_observability",
 ]
 ADDED = (
     "acquired_by",
@@ -58,6 +59,8 @@ ADDED = (
     "instance",
     "djangoschedulerinstance",
     "declared_in_code",
+    "overdue_reported",
+    "alert_open_since",
 )
 
 #: Bounds on the subprocesses (not speed checks).
@@ -379,7 +382,8 @@ def _without_added(schema: dict) -> dict:
             # SQLite writes ALTER TABLE ... ADD COLUMN into the table's SQL text;
             # MySQL's SHOW CREATE TABLE has one line per column and key.
             value = re.sub(
-                r', "(acquired_by|acquired_until|version|instance|declared_in_code)" '
+                r', "(acquired_by|acquired_until|version|instance|declared_in_code'
+                r'|overdue_reported|alert_open_since)" '
                 r'.*?(?=, "|, CONSTRAINT |\)$)',
                 "",
                 value,
