@@ -35,7 +35,9 @@ and, per signal:
   one live scheduler.
 
 The run signals are sent from the execution recorder's thread (never the
-scheduler's), after the batch that holds the run is written. A receiver that
+scheduler's), after the batch that holds the run is written; the runs of
+``run_now`` (the admin action, ``apscheduler run``) send theirs from the
+thread that runs them. A receiver that
 raises is logged (``django_apscheduler.signals``) and never disturbs the
 scheduler or the other receivers. Receivers should return quickly: a slow one
 delays the log of the runs that follow.

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from django_apscheduler import client, executions, signals, util
+from django_apscheduler import client, executions, run_now, signals, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests.helpers import wait_until
 from tests.scheduler_process import read_lines
@@ -170,6 +170,25 @@ def test_interrupted_runs_are_signalled_once_whoever_interrupts(received):
         row.pk,
     )
     assert got["execution"].status == DjangoJobExecution.INTERRUPTED
+
+
+def test_runs_now_are_signalled_too(received):
+    """The admin action and ``apscheduler run`` (run_now): submitted, started, outcome, once."""
+    client.add_job("tests.jobs:noop", "interval", hours=1, id="now-ok")
+    client.add_job("tests.jobs:fail", "interval", hours=1, id="now-bad")
+    run_now.run_jobs_now(["now-ok", "now-bad"], timeout=60)
+    counts = Counter((name, kwargs["job_id"]) for name, kwargs in received.events)
+    assert counts == {
+        ("job_submitted", "now-ok"): 1,
+        ("job_started", "now-ok"): 1,
+        ("job_succeeded", "now-ok"): 1,
+        ("job_submitted", "now-bad"): 1,
+        ("job_started", "now-bad"): 1,
+        ("job_failed", "now-bad"): 1,
+    }
+    row = DjangoJobExecution.objects.get(job_id="now-bad")
+    (failed,) = received.of("job_failed")
+    assert failed["execution"].pk == row.pk and isinstance(failed["exception"], ValueError)
 
 
 # --- three scheduler processes -------------------------------------------------------
