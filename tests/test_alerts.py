@@ -1,17 +1,28 @@
 """Failure alerts: ``mail_admins`` once after N consecutive failures, once on recovery, and once
-for an overdue job (Django's locmem e-mail backend, which pytest-django sets)."""
+for an overdue job (Django's locmem e-mail backend, which pytest-django sets; the file backend
+for three scheduler processes)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal as os_signal
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
-from django_apscheduler import alerts, executions, overdue
-from django_apscheduler.models import DjangoJob, DjangoJobExecution
+from django_apscheduler import alerts, client, executions, overdue
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -119,3 +130,72 @@ def test_no_mail_without_the_setting(make_scheduler, settings):
     finally:
         alerts.disconnect()
     assert mail.outbox == []
+
+
+# --- three scheduler processes -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_three_schedulers_send_one_alert_and_one_recovery(tmp_path):
+    """A job failing in 3 runapscheduler processes (its runs spread over them): one mail for
+    the streak, one for the recovery, in all (Django's file e-mail backend, shared)."""
+    mails = tmp_path / "mails"
+    mails.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DJANGO_APSCHEDULER_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+        DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(
+            {
+                "INSTALLED_APPS": settings.INSTALLED_APPS,
+                "APSCHEDULER_ALERT_AFTER_FAILURES": 3,
+                "ADMINS": [["Ops", "ops@example.com"]],
+                "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+                "EMAIL_FILE_PATH": str(mails),
+            }
+        ),
+        PYTHONUNBUFFERED="1",
+    )
+    procs, logs = [], []
+    for i in range(3):
+        log = tmp_path / f"scheduler-{i}.log"
+        logs.append(log)
+        with open(log, "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "django", "runapscheduler"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+
+    def subjects() -> list[str]:
+        found = []
+        for path in sorted(mails.iterdir()):
+            found += [
+                line.split(": ", 1)[1].split("django-apscheduler: ", 1)[-1]
+                for line in path.read_text().splitlines()
+                if line.startswith("Subject: ")
+            ]
+        return found
+
+    try:
+        wait_until(lambda: DjangoSchedulerInstance.objects.alive().count() == 3, timeout=120)
+        client.add_job("tests.jobs:fail", "interval", seconds=1, id="flaky", args=["disk full"])
+        wait_until(lambda: _count("flaky", DjangoJobExecution.ERROR) >= 8, timeout=120)
+        client.modify_job("flaky", func="tests.jobs:noop", args=[])
+        wait_until(lambda: _count("flaky", DjangoJobExecution.SUCCESS) >= 4, timeout=120)
+        wait_until(lambda: len(subjects()) >= 2, timeout=60)
+        client.pause_job("flaky")
+    finally:
+        for proc in procs:
+            proc.send_signal(os_signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=120)
+    text = "\n".join(p.read_text() for p in logs)
+    assert subjects() == [
+        "Job 'flaky' failed 3 times in a row",
+        "Job 'flaky' recovered",
+    ], text
