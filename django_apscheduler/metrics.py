@@ -158,12 +158,8 @@ class DatabaseCollector:
         states = GaugeMetricFamily(
             "django_apscheduler_jobs", "Stored jobs, by state.", labels=["state"]
         )
-        for state, rows in (
-            ("scheduled", DjangoJob.objects.scheduled()),
-            ("paused", DjangoJob.objects.paused()),
-            ("finished", DjangoJob.objects.finished()),
-        ):
-            states.add_metric([state], rows.count())
+        for state, count in DjangoJob.objects.count_by_state().items():
+            states.add_metric([state], count)
         yield states
 
 

@@ -112,6 +112,19 @@ class DjangoJobQuerySet(models.QuerySet):
         """Jobs without a next run time (broken rows included: the state is not unpickled)."""
         return self.unfinished().filter(next_run_time__isnull=True)
 
+    def count_by_state(self) -> dict[str, int]:
+        """How many rows are ``scheduled``, ``paused`` and ``finished``, for the metrics.
+
+        Three counts on the ``next_run_time`` index (a finished record has no
+        next run time, so only rows without one are read to tell paused from
+        finished). Broken rows are not unpickled: they count as scheduled or
+        paused.
+        """
+        scheduled = self.filter(next_run_time__isnull=False).count()
+        without = self.filter(next_run_time__isnull=True)
+        finished = without.filter(job_state=b"").count()
+        return {"scheduled": scheduled, "paused": without.count() - finished, "finished": finished}
+
     def late(self, before: datetime) -> DjangoJobQuerySet:
         """Scheduled jobs whose next run time is before ``before`` (the overdue candidates).
 
