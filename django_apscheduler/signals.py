@@ -15,7 +15,8 @@ Every signal is sent with ``sender=DjangoJob`` and these keyword arguments:
 - ``run_time``: the scheduled run time (an aware datetime when ``USE_TZ``);
 - ``execution``: the run's ``DjangoJobExecution`` row, or None when there is
   none (``APSCHEDULER_EXECUTION_LOG`` did not log it, or it is not written yet:
-  ``job_started`` may come before the submission's row).
+  ``job_started`` may come before the submission's row);
+- ``instance``: the scheduler instance that submitted the run, when known.
 
 and, per signal:
 
@@ -33,6 +34,9 @@ and, per signal:
   than its allowance (``late``, a timedelta; ``execution`` is None): no live
   scheduler holds it, or all are saturated. Sent once per overdue episode by
   one live scheduler.
+
+A run refused because ``max_instances`` runs were going ("Max instances!")
+sends none of them.
 
 The run signals are sent from the execution recorder's thread (never the
 scheduler's), after the batch that holds the run is written; the runs of
