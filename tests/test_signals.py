@@ -202,7 +202,7 @@ def _env(output: Path) -> dict[str, str]:
         DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(
             {
                 "INSTALLED_APPS": [*settings.INSTALLED_APPS, "tests.observing"],
-                "APSCHEDULER_LEASE_TIME": 3,
+                "APSCHEDULER_LEASE_TIME": 4,
                 "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
                 "APSCHEDULER_POLL_INTERVAL": 0.5,
             }
@@ -323,7 +323,10 @@ def test_three_schedulers_each_signal_once_per_event(tmp_path):
             for name in ("job_submitted", "job_started"):
                 assert (name, row.job_id, row.run_time) in received, (name, row.job_id)
     assert checked["job_succeeded"] >= 1 and checked["job_failed"] >= 1, checked
-    assert checked["job_missed"] == 1 and checked["job_interrupted"] == 1, checked
+    assert checked["job_missed"] == 1, checked
+    # The killed process's run; on a loaded machine a live instance may be taken for dead
+    # too, and its runs marked Interrupted: each of those is signalled once as well.
+    assert ("job_interrupted", "slow") in {(s, j) for s, j, _ in received}, logs_text()
     # Signals come from the process that saw the event: runs from more than one process.
     assert len({line["pid"] for line in lines}) >= 2
     assert "Receiver" in logs_text() and "raised; the scheduler goes on" in logs_text()
