@@ -110,5 +110,6 @@ def connect() -> None:
 
 
 def disconnect() -> None:
+    """Disconnect the alert receivers (for tests, and projects that connect them by hand)."""
     for signal, receiver in RECEIVERS:
         signal.disconnect(receiver, dispatch_uid=f"django_apscheduler.alerts.{receiver.__name__}")
