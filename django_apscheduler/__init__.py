@@ -1,6 +1,6 @@
 """Persist APScheduler 3 jobs in the Django database and record every run."""
 
-__version__ = "0.8.0.dev0"
+__version__ = "0.8.0"
 
 from django_apscheduler.declared import scheduled_job  # noqa: E402
 

@@ -10,5 +10,13 @@ class DjangoApschedulerConfig(AppConfig):
     def ready(self) -> None:
         from django_apscheduler import checks, conf, runner  # noqa: F401 (checks registers)
 
+        if conf.get("APSCHEDULER_ALERT_AFTER_FAILURES") is not None:
+            from django_apscheduler import alerts
+
+            alerts.connect()
+        from django_apscheduler import metrics
+
+        if metrics.available():
+            metrics.enable()  # counters only: no query, no thread
         if conf.autostart() and runner.autostart_wanted():
             runner.autostart()

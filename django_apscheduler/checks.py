@@ -23,6 +23,22 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 
 @checks.register()
+def check_unknown_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One warning per ``APSCHEDULER_*`` setting this app does not know (a typo is ignored)."""
+    found: list[checks.CheckMessage] = []
+    for name, suggestion in conf.unknown_settings():
+        hint = f"Did you mean {suggestion}? " if suggestion else ""
+        found.append(
+            checks.Warning(
+                f"{name} is not a django-apscheduler setting: it is ignored.",
+                hint=hint + "docs/settings.md lists the settings.",
+                id="django_apscheduler.W001",
+            )
+        )
+    return found
+
+
+@checks.register()
 def check_declared_executors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """One error per ``@scheduled_job`` whose executor this app's schedulers do not have.
 
@@ -78,6 +94,6 @@ def check_signed_jobs(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
             hint="If these rows are trusted (a backup made under another SECRET_KEY), sign "
             "them: `manage.py apscheduler sign JOB_ID ...` (or --all); otherwise remove them. "
             "See docs/security.md.",
-            id="django_apscheduler.W001",
+            id="django_apscheduler.W002",
         )
     ]

@@ -8,6 +8,7 @@ through its typed accessor below (``lease_time()``, ``threads()``...);
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from datetime import tzinfo
 from typing import Any, Literal
@@ -65,6 +66,15 @@ DEFAULTS: dict[str, Any] = {
     "APSCHEDULER_SHUTDOWN_TIMEOUT": 30,
     # Module name looked up in every installed app for jobs declared in code.
     "APSCHEDULER_JOBS_MODULE": "jobs",
+    # --- observability (docs/observability.md) ---
+    # Seconds past its next run time after which a job that has not started is
+    # overdue: a number for every job, or a dict of job id -> seconds with "*"
+    # for the others. None: the job's misfire_grace_time plus the lease time and
+    # poll interval (the time a live scheduler may take to pick it up).
+    "APSCHEDULER_OVERDUE_AFTER": None,
+    # Mail the admins (mail_admins) after this many consecutive failed runs of a
+    # job, and when a job is overdue; one "recovered" mail follows. None: no mail.
+    "APSCHEDULER_ALERT_AFTER_FAILURES": None,
 }
 
 #: The job defaults of the schedulers this app builds, before APSCHEDULER_JOB_DEFAULTS.
@@ -193,6 +203,33 @@ def jobs_module() -> str:
     return str(get("APSCHEDULER_JOBS_MODULE"))  # system check E007 reports a non-name
 
 
+def overdue_after(job_id: str) -> float | None:
+    """``APSCHEDULER_OVERDUE_AFTER`` for ``job_id``: seconds, or None for the default allowance."""
+    value = get("APSCHEDULER_OVERDUE_AFTER")
+    if isinstance(value, Mapping):
+        value = value.get(job_id, value.get("*"))
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise _misconfigured("APSCHEDULER_OVERDUE_AFTER", "a number of seconds", value) from None
+
+
+def alert_after_failures() -> int | None:
+    """``APSCHEDULER_ALERT_AFTER_FAILURES``: consecutive failures that mail the admins; None: off."""
+    if get("APSCHEDULER_ALERT_AFTER_FAILURES") is None:
+        return None
+    return _int("APSCHEDULER_ALERT_AFTER_FAILURES")
+
+
+def overdue_after_values() -> list[float]:
+    """Every allowance ``APSCHEDULER_OVERDUE_AFTER`` sets (for the candidates' query)."""
+    value = get("APSCHEDULER_OVERDUE_AFTER")
+    values = list(value.values()) if isinstance(value, Mapping) else [value]
+    return [float(v) for v in values if v is not None]
+
+
 def _number(name: str, *, minimum: float, allow_none: bool = False) -> str | None:
     value = get(name)
     if value is None and allow_none:
@@ -270,9 +307,45 @@ def problems() -> list[tuple[str, str, str]]:
             astimezone(tz)
         except Exception as exc:
             add(f"APSCHEDULER_TIMEZONE {tz!r} is not a time zone: {exc}", code="E006")
+    alert = get("APSCHEDULER_ALERT_AFTER_FAILURES")
+    if alert is not None and (isinstance(alert, bool) or not isinstance(alert, int) or alert < 1):
+        add(
+            f"APSCHEDULER_ALERT_AFTER_FAILURES must be an integer of at least 1 or None; it is "
+            f"{alert!r}.",
+            code="E015",
+        )
+    overdue = get("APSCHEDULER_OVERDUE_AFTER")
+    for key, value in overdue.items() if isinstance(overdue, dict) else [(None, overdue)]:
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            where = "" if key is None else f"[{key!r}]"
+            add(
+                f"APSCHEDULER_OVERDUE_AFTER{where} must be a number of seconds (at least 0) or "
+                f"None; it is {value!r}.",
+                'A number for every job, or a dict of job id -> seconds ("*": the others).',
+                "E014",
+            )
     module = get("APSCHEDULER_JOBS_MODULE")
     if not isinstance(module, str) or not module.isidentifier():
         add(f"APSCHEDULER_JOBS_MODULE must be a module name; it is {module!r}.", code="E007")
+    return found
+
+
+def unknown_settings() -> list[tuple[str, str | None]]:
+    """Every ``APSCHEDULER_*`` setting this app does not read, with the closest known name.
+
+    A misspelled setting (``APSCHEDULER_THREAD = 4``) is otherwise silently
+    ignored and its default used. Returns ``(name, suggestion or None)``.
+    """
+    prefix = "APSCHEDULER_"
+    known = sorted(name[len(prefix) :] for name in DEFAULTS)  # the prefix would match anything
+    found = []
+    for name in sorted(dir(settings)):
+        if not name.startswith(prefix) or name in DEFAULTS:
+            continue
+        close = difflib.get_close_matches(name[len(prefix) :], known, n=1, cutoff=0.6)
+        found.append((name, prefix + close[0] if close else None))
     return found
 
 

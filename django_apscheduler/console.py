@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Iterable
 
 from django.db import router
 from django.utils import timezone
 
-from django_apscheduler import backends, client, conf, declared
+from django_apscheduler import backends, client, declared, overdue
 from django_apscheduler.models import (
     DjangoJob,
     DjangoJobExecution,
@@ -59,30 +59,21 @@ def _live_instances(using: str, now: datetime) -> set[str]:
     return set(DjangoSchedulerInstance.objects.using(using).alive(now).values_list("id", flat=True))
 
 
-def grace_of(state: JobState) -> float:
-    """The seconds a job's fire may be late: its ``misfire_grace_time``, else the lease time."""
-    grace = getattr(state.job, "misfire_grace_time", None)
-    return float(conf.lease_time() if grace is None else grace)
-
-
 def is_overdue(
     row: DjangoJob, state: JobState, live: set[str], now: datetime | None = None
 ) -> bool:
-    """True when ``row`` should have run more than its grace time ago and nobody holds it."""
-    if state.name != "scheduled" or row.next_run_time is None:
+    """True when ``row`` is overdue (:mod:`django_apscheduler.overdue`) and no live scheduler holds it.
+
+    The lateness rule is the one the health command and the alerts use: past
+    its next run time by more than its allowance (its grace time plus the
+    time a scheduler takes to notice, or ``APSCHEDULER_OVERDUE_AFTER``).
+    """
+    if state.name != "scheduled" or row.next_run_time is None or state.job is None:
         return False
     if row.acquired_by and row.acquired_by in live:
         return False
-    now = now or timezone.now()
-    late = _aware(now) - _aware(row.next_run_time)
-    return late > timedelta(seconds=grace_of(state))
-
-
-def _aware(value: datetime) -> datetime:
-    """An aware datetime for a stored one (naive stored values are in the current time zone)."""
-    if timezone.is_naive(value):
-        return timezone.make_aware(value)
-    return value
+    grace = state.job.misfire_grace_time
+    return overdue.overdue_job(row.id, row.next_run_time, grace, now) is not None
 
 
 def summaries(rows: Iterable[DjangoJob], now: datetime | None = None) -> dict[str, Summary]:

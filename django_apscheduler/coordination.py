@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from django.db import connections
 from django.utils import timezone
 
-from django_apscheduler import backends, conf, db, runlocks, util
+from django_apscheduler import backends, conf, db, overdue, runlocks, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
 if TYPE_CHECKING:
@@ -472,6 +472,8 @@ class Coordinator:
                     # there is nothing to look for when it says none is.
                     if self._others_dead is not False:
                         self._safely(self._reap, "retire dead scheduler instances")
+                    if not self._abandoned:
+                        self._safely(self._report_overdue, "look for overdue jobs")
                 if now >= next_poll and not self._abandoned:
                     last_poll = now
                     self._safely(self._poll, "look for changed jobs")
@@ -642,6 +644,15 @@ class Coordinator:
         )
         if dead:
             self._store._wake_scheduler()
+
+    def _report_overdue(self) -> None:
+        """Report the overdue jobs no scheduler reported yet (see :mod:`overdue`).
+
+        Here, in the housekeeping thread, so that saturated executors do not
+        keep it from running.
+        """
+        using = self._store._db
+        self._housekeeping_run(lambda: overdue.report_overdue(using=using), "look for overdue jobs")
 
     def _poll(self) -> None:
         """Wake the scheduler if a job is now due before the time it sleeps until."""

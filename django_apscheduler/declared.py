@@ -40,7 +40,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.triggers.interval import IntervalTrigger
 from django.core.exceptions import ImproperlyConfigured
 from django.db import router
-from django.utils.module_loading import autodiscover_modules
+from django.utils.module_loading import autodiscover_modules, module_has_submodule
 
 from django_apscheduler import conf
 from django_apscheduler.exceptions import DeclaredJobError
@@ -147,6 +147,52 @@ def discover() -> dict[str, Declaration]:
     autodiscover_modules(conf.jobs_module())
     with _lock:
         return dict(_registry)
+
+
+def searched_modules() -> list[tuple[str, bool]]:
+    """The modules discovery looks for, one per installed app, and whether each exists.
+
+    ``("myapp.jobs", True)``: the names :func:`discover` imports. An app that
+    is not in ``INSTALLED_APPS`` is not searched, whatever its ``jobs.py``.
+    """
+    from django.apps import apps
+
+    name = conf.jobs_module()
+    found = []
+    for app_config in apps.get_app_configs():
+        module = f"{app_config.name}.{name}"
+        try:
+            exists = module_has_submodule(app_config.module, name)
+        except Exception:  # a broken app package: discovery would report it when importing
+            exists = False
+        found.append((module, exists))
+    return found
+
+
+def nothing_declared_message() -> str:
+    """What to say when discovery found no ``@scheduled_job``: the modules it searched.
+
+    A new user's most common mistake is a ``jobs.py`` in an app missing from
+    ``INSTALLED_APPS``, which otherwise shows only as "0 jobs declared in code".
+    """
+    modules = searched_modules()
+    present = [module for module, exists in modules if exists]
+    name = conf.jobs_module()
+    text = (
+        f"No job is declared in code: discovery looked for a {name!r} module "
+        f"(APSCHEDULER_JOBS_MODULE) in each of the {len(modules)} installed apps: "
+        + ", ".join(module for module, _ in modules)
+        + ". "
+    )
+    if present:
+        text += "Found " + ", ".join(present) + ", but none declares a job with @scheduled_job. "
+    else:
+        text += "None of them exists. "
+    text += (
+        f"A {name}.py in an app that is not in INSTALLED_APPS is not searched; add the app "
+        "there, or set APSCHEDULER_JOBS_MODULE to your module's name."
+    )
+    return text
 
 
 @dataclass

@@ -40,7 +40,7 @@ from apscheduler.events import (
 )
 from django.db import IntegrityError, close_old_connections, connections, router
 
-from django_apscheduler import backends, conf, db, internals, runlocks, util
+from django_apscheduler import backends, conf, db, internals, runlocks, signals, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution
 
 logger = logging.getLogger(__name__)
@@ -102,6 +102,14 @@ class Record:
     started: float | None = None  # POSIX time the job function was entered
     finished: float | None = None  # POSIX time the run ended
     instance: str | None = None  # the scheduler instance that submitted the run
+    #: The name of the signal this record sends (see ``signals``), if any.
+    event: str | None = field(default=None, compare=False)
+    #: Whether the record is written to the log (``APSCHEDULER_EXECUTION_LOG``).
+    logged: bool = field(default=True, compare=False)
+    #: The exception a failed run raised, when it ran in this process (not stored).
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+    #: More keyword arguments of the record's signal.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     key: tuple[str, datetime] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -269,7 +277,7 @@ def records_from_event(event: Any, started: float | None = None) -> list[Record]
     if code in (EVENT_JOB_SUBMITTED, EVENT_JOB_MAX_INSTANCES):
         if code == EVENT_JOB_SUBMITTED:
             return [
-                Record(event.job_id, rt, DjangoJobExecution.SENT)
+                Record(event.job_id, rt, DjangoJobExecution.SENT, event="job_submitted")
                 for rt in event.scheduled_run_times
             ]
         text = (
@@ -296,6 +304,7 @@ def records_from_event(event: Any, started: float | None = None) -> list[Record]
                 DjangoJobExecution.SUCCESS,
                 started=started,
                 finished=finished,
+                event="job_succeeded",
             )
         ]
     if code == EVENT_JOB_ERROR and isinstance(event.exception, runlocks.JobStillRunning):
@@ -325,6 +334,8 @@ def records_from_event(event: Any, started: float | None = None) -> list[Record]
                 traceback=str(event.traceback) if event.traceback else None,
                 started=started,
                 finished=finished,
+                event="job_failed",
+                error=event.exception,
             )
         ]
     if code == EVENT_JOB_MISSED:
@@ -335,6 +346,7 @@ def records_from_event(event: Any, started: float | None = None) -> list[Record]
                 DjangoJobExecution.MISSED,
                 exception=f"Run time of job '{event.job_id}' was missed!",
                 finished=finished,
+                event="job_missed",
             )
         ]
     raise NotImplementedError(f"Unexpected event code {code!r} for job {event.job_id!r}")
@@ -355,10 +367,25 @@ _starts_lock = threading.Lock()
 def _note_start(job_id: str, run_time: Any) -> None:
     if not isinstance(run_time, datetime):
         return
+    started = now_epoch()
     with _starts_lock:
-        _starts[(job_id, run_time.timestamp())] = now_epoch()
+        _starts[(job_id, run_time.timestamp())] = started
         while len(_starts) > _STARTS_LIMIT:
             _starts.popitem(last=False)
+    if signals.wanted("job_started"):
+        # Sent from the recorder's thread, like the other signals: not in the job's.
+        recorder.submit(
+            [
+                Record(
+                    job_id,
+                    run_time,
+                    DjangoJobExecution.SENT,
+                    started=started,
+                    event="job_started",
+                    logged=False,
+                )
+            ]
+        )
 
 
 def pop_start(job_id: str, run_time: datetime | None) -> float | None:
@@ -524,6 +551,13 @@ class ExecutionRecorder:
                     self._cond.notify_all()
 
     def _write(self, batch: list[Record]) -> None:
+        """Write the batch's logged records, then send the batch's signals, in event order."""
+        logged = [record for record in batch if record.logged]
+        if logged:
+            self._write_logged(logged)
+        send_signals(batch)
+
+    def _write_logged(self, batch: list[Record]) -> None:
         try:
             write_now_patiently(batch)
             return
@@ -538,7 +572,66 @@ class ExecutionRecorder:
                 return
         # One bad record must not cost the others: write them one at a time.
         for record in batch:
-            self._write([record])
+            self._write_logged([record])
+
+
+_PHASES = {"job_submitted": 0, "job_started": 1}
+
+
+def send_signals(records: list[Record]) -> None:
+    """Send the signal of each record that has one (see :mod:`signals`).
+
+    The observers get every event; the rows of the runs are read in one
+    query, only when a signal has receivers; a row that cannot be read is
+    passed as None.
+    """
+    events = [r for r in records if r.event is not None and signals.wanted(r.event)]
+    if not events:
+        return
+    # APScheduler reports a submission after the executor took the job, so a
+    # quick run's end (from the job's thread) often arrives first: within a
+    # batch, submissions go first, then starts, then the outcomes.
+    events.sort(key=lambda r: _PHASES.get(r.event or "", 2))
+    listened = [r for r in events if signals.ALL[r.event or ""].has_listeners(DjangoJob)]
+    rows: dict[tuple[str, datetime], DjangoJobExecution] = {}
+    if listened:
+        try:
+            found = DjangoJobExecution.objects.filter(
+                job_id__in={r.job_id for r in listened},
+                run_time__in={r.run_time for r in listened},
+            )
+            rows = {(row.job_id, row.run_time): row for row in found}
+        except Exception:
+            logger.exception(
+                "Could not read the runs of jobs %s", sorted({r.job_id for r in listened})
+            )
+    for record in events:
+        name = record.event or ""
+        seconds = record.duration()
+        duration = None if seconds is None else float(seconds)
+        extra: dict[str, Any] = {}
+        if name == "job_started":
+            extra["started"] = record.started
+        elif name == "job_succeeded":
+            extra["duration"] = duration
+        elif name == "job_failed":
+            extra.update(
+                exception=record.error,
+                message=record.exception,
+                traceback=record.traceback,
+                duration=duration,
+            )
+        extra.update(record.extra)
+        kwargs = {
+            "job_id": record.job_id,
+            "run_time": record.run_time,
+            "instance": record.instance,
+            **extra,
+        }
+        signals.notify(name, **kwargs)
+        if signals.ALL[name].has_listeners(DjangoJob):
+            execution = None if name == "job_overdue" else rows.get(record.key)
+            signals.send(signals.ALL[name], execution=execution, **kwargs)
 
 
 def write_now_patiently(records: list[Record]) -> None:
@@ -599,7 +692,12 @@ def make_listener(
             return
         try:
             started = pop_start(event.job_id, getattr(event, "scheduled_run_time", None))
-            records = [r for r in records_from_event(event, started) if _logged(r)]
+            records = records_from_event(event, started)
+            for record in records:
+                record.logged = _logged(record)
+            records = [
+                r for r in records if r.logged or (r.event is not None and signals.wanted(r.event))
+            ]
             if not records:
                 return
             name = instance()

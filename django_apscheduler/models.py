@@ -214,6 +214,70 @@ class DjangoJobQuerySet(models.QuerySet):
             version=Coalesce(models.F("version"), models.Value(0)) + 1,
         )
 
+    def count_by_state(self) -> dict[str, int]:
+        """How many rows are ``scheduled``, ``paused`` and ``finished``, for the metrics.
+
+        Three counts on the ``next_run_time`` index (a finished record has no
+        next run time, so only rows without one are read to tell paused from
+        finished). Broken rows are not unpickled: they count as scheduled or
+        paused.
+        """
+        scheduled = self.filter(next_run_time__isnull=False).count()
+        without = self.filter(next_run_time__isnull=True)
+        finished = without.filter(job_state=b"").count()
+        return {"scheduled": scheduled, "paused": without.count() - finished, "finished": finished}
+
+    def late(self, before: datetime) -> DjangoJobQuerySet:
+        """Scheduled jobs whose next run time is before ``before`` (the overdue candidates).
+
+        One query on the ``next_run_time`` index; which of them are overdue
+        depends on each job's allowance (:mod:`django_apscheduler.overdue`).
+        """
+        return self.scheduled().filter(next_run_time__lt=before)
+
+    def overdue(self, now: datetime | None = None) -> DjangoJobQuerySet:
+        """The jobs overdue at ``now``: past their next run time by more than their allowance.
+
+        For the admin and the health command: true whether or not a scheduler
+        is alive (see :func:`django_apscheduler.overdue.find_overdue`).
+        """
+        from django_apscheduler import overdue
+
+        return self.filter(id__in=[o.job_id for o in overdue.find_overdue(now, using=self.db)])
+
+    def open_alert(self, job_id: str, since: datetime) -> bool:
+        """Note an alert for ``job_id``'s failures since ``since``; False if one is open already.
+
+        One conditional update, so one process sends the alert of an episode.
+        """
+        return bool(
+            self.filter(id=job_id, alert_open_since__isnull=True).update(alert_open_since=since)
+        )
+
+    def close_alert(self, job_id: str) -> bool:
+        """Close ``job_id``'s open alert; False if none was open (or another process closed it).
+
+        A read first: the common case, no open alert, then takes no row lock.
+        """
+        if not self.filter(id=job_id, alert_open_since__isnull=False).exists():
+            return False
+        return bool(
+            self.filter(id=job_id, alert_open_since__isnull=False).update(alert_open_since=None)
+        )
+
+    def mark_overdue_reported(self, job_id: str, next_run_time: datetime) -> bool:
+        """Note that ``job_id``'s run at ``next_run_time`` was reported overdue; False if it was.
+
+        One conditional update: of several schedulers detecting the same
+        episode, only one changes the row and reports it. A job that ran
+        meanwhile (another next run time) is not marked.
+        """
+        return bool(
+            self.filter(id=job_id, next_run_time=next_run_time)
+            .exclude(overdue_reported=next_run_time)
+            .update(overdue_reported=next_run_time)
+        )
+
 
 class DjangoJobManager(models.Manager.from_queryset(DjangoJobQuerySet)):  # type: ignore[misc]
     """The default manager of :class:`DjangoJob`, with :class:`DjangoJobQuerySet`'s methods."""
@@ -278,6 +342,24 @@ class DjangoJob(models.Model):
         blank=True,
         editable=False,
         help_text=_("Why the job was paused (shown until it is resumed)."),
+    )
+
+    # Overdue detection (see ``overdue``): the next run time last reported as
+    # overdue, so that an episode is reported once, by one instance.
+    overdue_reported = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("The next run time that was reported overdue (once per overdue episode)."),
+    )
+
+    # Failure alerts (see ``alerts``): the run time of the first failure of the
+    # episode an alert was mailed for; NULL when no alert is open.
+    alert_open_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("When the failures (or the overdue run) that an alert was sent for began."),
     )
 
     class Meta:
@@ -402,19 +484,78 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             .order_by("-failures", "job_id")[:count]
         )
 
+    def not_succeeded(self) -> DjangoJobExecutionQuerySet:
+        """The selected runs that did not succeed: errors, missed, refused and interrupted runs."""
+        return self.exclude(status__in=[DjangoJobExecution.SUCCESS, DjangoJobExecution.SENT])
+
+    def latest_outcomes(self, job_id: str, count: int) -> list[tuple[datetime, str]]:
+        """(run time, status) of ``job_id``'s latest ``count`` runs with a final status."""
+        return list(
+            self.filter(job_id=job_id)
+            .exclude(status=DjangoJobExecution.SENT)
+            .order_by("-run_time")
+            .values_list("run_time", "status")[:count]
+        )
+
+    def history(
+        self, job_id: str | None = None, *, failed: bool = False, limit: int | None = None
+    ) -> DjangoJobExecutionQuerySet:
+        """The latest runs first (of ``job_id`` only, if given; only failures if ``failed``).
+
+        What ``manage.py apscheduler history`` shows; one indexed query
+        (``run_time``, and the job's foreign key).
+        """
+        runs = self
+        if job_id is not None:
+            runs = runs.filter(job_id=job_id)
+        if failed:
+            runs = runs.not_succeeded()
+        runs = runs.order_by("-run_time", "-id")
+        return runs[:limit] if limit is not None else runs
+
     def interrupt(self, reason: str) -> int:
         """Mark the selected runs "Interrupted" with ``reason``, finished now; return how many.
 
         Only runs still "Started execution" change: a final status is never
         overwritten.
         """
-        from django_apscheduler import executions
+        from django_apscheduler import executions, signals
 
-        return self.unfinished().update(
-            status=DjangoJobExecution.INTERRUPTED,
-            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
-            finished=executions.decimal_seconds(executions.now_epoch()),
-        )
+        values = {
+            "status": DjangoJobExecution.INTERRUPTED,
+            "exception": reason[: executions.EXCEPTION_MAX_LENGTH],
+            "finished": executions.decimal_seconds(executions.now_epoch()),
+        }
+        if not signals.wanted("job_interrupted"):
+            return self.unfinished().update(**values)
+        # One conditional update per run: of several processes interrupting the
+        # same runs (two reapers of one dead instance), only the one whose update
+        # changed the row sends ``job_interrupted``, after its transaction commits.
+        using = self.db
+        count = 0
+        for pk, job_id, run_time in self.unfinished().values_list("pk", "job_id", "run_time"):
+            if (
+                not DjangoJobExecution.objects.using(using)
+                .unfinished()
+                .filter(pk=pk)
+                .update(**values)
+            ):
+                continue
+            count += 1
+
+            def send(pk: int = pk, job_id: str = job_id, run_time: datetime = run_time) -> None:
+                signals.notify("job_interrupted", job_id=job_id, run_time=run_time, reason=reason)
+                if signals.job_interrupted.has_listeners(DjangoJob):
+                    signals.send(
+                        signals.job_interrupted,
+                        job_id=job_id,
+                        run_time=run_time,
+                        execution=DjangoJobExecution.objects.using(using).filter(pk=pk).first(),
+                        reason=reason,
+                    )
+
+            transaction.on_commit(send, using=using)
+        return count
 
 
 class DjangoJobExecutionManager(

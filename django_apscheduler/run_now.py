@@ -125,6 +125,18 @@ def _run_one(job: Job, run_time: datetime, execution_id: int | None) -> JobRunOu
     """
     started = executions.now_epoch()
     try:
+        executions.send_signals(
+            [
+                executions.Record(
+                    job.id,
+                    run_time,
+                    DjangoJobExecution.SENT,
+                    started=started,
+                    event="job_started",
+                    logged=False,
+                )
+            ]
+        )
         try:
             logger.info("Running job %r now (run time %s)", job.id, run_time)
             _call(job)
@@ -143,6 +155,8 @@ def _run_one(job: Job, run_time: datetime, execution_id: int | None) -> JobRunOu
                 traceback=tb,
                 started=started,
                 finished=finished,
+                event="job_failed",
+                error=exc,
             )
         else:
             finished = executions.now_epoch()
@@ -153,11 +167,13 @@ def _run_one(job: Job, run_time: datetime, execution_id: int | None) -> JobRunOu
                 DjangoJobExecution.SUCCESS,
                 started=started,
                 finished=finished,
+                event="job_succeeded",
             )
         try:
             executions.write_now([record])
         except Exception:
             logger.exception("Could not record the run of job %r at %s", job.id, run_time)
+        executions.send_signals([record])  # in this thread: a run now has no recorder round
         return outcome
     finally:
         try:
@@ -180,8 +196,12 @@ def run_jobs_now(job_ids: Iterable[str], timeout: float | None = None) -> list[J
     jobs, outcomes = _load(ids)
     if jobs:
         run_time = timezone.now()
-        sent = [executions.Record(job.id, run_time, DjangoJobExecution.SENT) for job in jobs]
+        sent = [
+            executions.Record(job.id, run_time, DjangoJobExecution.SENT, event="job_submitted")
+            for job in jobs
+        ]
         execution_ids = executions.write_now(sent)
+        executions.send_signals(sent)
         # A pool per call: nothing is shared between concurrent requests.
         pool = ThreadPoolExecutor(
             max_workers=min(len(jobs), MAX_WORKERS),

@@ -217,6 +217,8 @@ def run_until_stopped(
             + ")."
             + ("" if burst else " Stop it with Ctrl-C or SIGTERM.")
         )
+        if not report.declared:
+            write(declared.nothing_declared_message())
         began = time.monotonic()
         while not stopping.wait(0.1):
             if seconds is not None and time.monotonic() - began >= seconds:

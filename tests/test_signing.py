@@ -503,7 +503,7 @@ def test_the_database_check_warns_about_unsigned_rows_by_id(marker):
     plant(marker)
     DjangoJob.objects.create(id="finished", next_run_time=None, job_state=b"")  # not a job
     [warning] = check_signed_jobs(databases=["default"])
-    assert warning.level == checks.WARNING and warning.id == "django_apscheduler.W001"
+    assert warning.level == checks.WARNING and warning.id == "django_apscheduler.W002"
     assert "3 stored jobs" in warning.msg
     for job_id, problem in PROBLEMS.items():
         assert f"'{job_id}' ({problem})" in warning.msg

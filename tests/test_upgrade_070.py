@@ -51,6 +51,8 @@ NEW_MIGRATIONS = [
     "0011_djangojob_declared_in_code",
     "0012_djangoschedulerinstance_declared_ids",
     "0013_djangojob_job_signature",
+    "0014_djangojob_pause_note",
+    "0015_observability",
 ]
 ADDED = (
     "acquired_by",
@@ -60,6 +62,9 @@ ADDED = (
     "djangoschedulerinstance",
     "declared_in_code",
     "job_signature",
+    "pause_note",
+    "overdue_reported",
+    "alert_open_since",
 )
 
 #: Bounds on the subprocesses (not speed checks).
@@ -386,7 +391,7 @@ def _without_added(schema: dict) -> dict:
             # MySQL's SHOW CREATE TABLE has one line per column and key.
             value = re.sub(
                 r', "(acquired_by|acquired_until|version|instance|declared_in_code'
-                r'|job_signature)" '
+                r'|job_signature|pause_note|overdue_reported|alert_open_since)" '
                 r'.*?(?=, "|, CONSTRAINT |\)$)',
                 "",
                 value,

@@ -5,6 +5,7 @@
     manage.py apscheduler list [--format json]
     manage.py apscheduler run JOB_ID [JOB_ID ...] [--timeout SECONDS]
     manage.py apscheduler pause|resume|remove JOB_ID
+    manage.py apscheduler history [JOB_ID] [--failed] [--limit N] [--full] [--format json]
     manage.py apscheduler prune --max-age 7d
     manage.py apscheduler sign --all | --old-keys | JOB_ID [JOB_ID ...]
     manage.py apscheduler health [--this-host] [--jobs] [--no-instance] [--format json]
@@ -44,7 +45,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import F, OuterRef, Subquery
 from django.utils import timezone
 
-from django_apscheduler import client, conf, coordination, executions, run_now, util
+from django_apscheduler import client, coordination, executions, overdue, run_now, util
 from django_apscheduler.exceptions import (
     DeclaredJobError,
     UnrestorableJobError,
@@ -79,7 +80,10 @@ def _hostname() -> str:
 
 
 class Command(BaseCommand):
-    help = "Lists, runs, pauses, resumes and removes stored jobs; prunes the log; checks health."
+    help = (
+        "Lists, runs, pauses, resumes and removes stored jobs; shows and prunes the log of "
+        "runs; checks health."
+    )
 
     #: Set by ``run`` when runs were still going at its timeout: the process
     #: must then exit without waiting for their threads (see run_from_argv).
@@ -112,6 +116,23 @@ class Command(BaseCommand):
             ("remove", "Remove a job and its log."),
         ):
             action(name, text).add_argument("job_id", metavar="JOB_ID")
+        history = action(
+            "history",
+            "Show the latest recorded runs (of JOB_ID only, if given), newest first.",
+        )
+        history.add_argument("job_id", nargs="?", default=None, metavar="JOB_ID")
+        history.add_argument(
+            "--failed", action="store_true", help="Only runs that did not succeed."
+        )
+        history.add_argument(
+            "--limit", type=int, default=20, help="Show at most this many runs (default 20)."
+        )
+        history.add_argument(
+            "--full",
+            action="store_true",
+            help="Show each failed run's whole exception and traceback.",
+        )
+        history.add_argument("--format", choices=["table", "json"], default="table")
         prune = action("prune", "Delete logged runs older than --max-age.")
         prune.add_argument("--max-age", required=True, help="e.g. 604800, 12h, 7d, 2w")
         sign = action(
@@ -349,6 +370,71 @@ class Command(BaseCommand):
     def do_remove(self, job_id: str, **options: Any) -> None:
         self._on_job("remove_job", job_id, "removed")
 
+    # --- history ----------------------------------------------------------------------
+
+    def do_history(
+        self,
+        job_id: str | None,
+        failed: bool,
+        limit: int,
+        full: bool,
+        format: str,
+        **options: Any,
+    ) -> None:
+        if limit < 1:
+            raise CommandError(f"--limit: {limit} is not a positive number of runs.", returncode=2)
+        if job_id is not None and not (
+            DjangoJob.objects.filter(id=job_id).exists()
+            or DjangoJobExecution.objects.filter(job_id=job_id).exists()
+        ):
+            raise CommandError(
+                f"No job with the id {job_id!r} is stored. `manage.py apscheduler list` shows "
+                "the ids.",
+                returncode=1,
+            )
+        runs = [
+            {
+                "id": run.id,
+                "job_id": run.job_id,
+                "run_time": run.run_time.isoformat(),
+                "run_time_local": util.get_local_dt_format(run.run_time),
+                "status": run.status,
+                "duration": None if run.duration is None else float(run.duration),
+                "instance": run.instance,
+                "exception": run.exception,
+                "traceback": run.traceback,
+            }
+            for run in DjangoJobExecution.objects.history(job_id, failed=failed, limit=limit)
+        ]
+        if format == "json":
+            self.stdout.write(json.dumps(runs, indent=2))
+            return
+        if not runs:
+            what = "failed runs" if failed else "runs"
+            self.stdout.write(f"No {what} recorded" + (f" for {job_id}." if job_id else "."))
+            return
+        header = ["RUN TIME", "JOB", "STATUS", "DURATION", "EXCEPTION"]
+        table = [
+            [
+                r["run_time_local"],
+                r["job_id"],
+                r["status"],
+                "-" if r["duration"] is None else f"{r['duration']:.2f} s",
+                (r["exception"] or "-").strip().splitlines()[0] if r["exception"] else "-",
+            ]
+            for r in runs
+        ]
+        widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+        for run, line in zip([None, *runs], [header, *table]):
+            self.stdout.write("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
+            if full and run is not None and (run["exception"] or run["traceback"]):
+                if run["traceback"]:
+                    self.stdout.write("    Traceback (most recent call last):")
+                    for tb_line in run["traceback"].rstrip().splitlines():
+                        self.stdout.write(f"    {tb_line}")
+                for text in (run["exception"] or "").splitlines():
+                    self.stdout.write(f"    {text}")
+
     # --- prune ------------------------------------------------------------------------
 
     def do_prune(self, max_age: str, **options: Any) -> None:
@@ -463,26 +549,25 @@ class Command(BaseCommand):
     def _job_problems(
         now: datetime, lease: timedelta
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The jobs that cannot be restored here, and those overdue beyond their grace time.
+        """The jobs that cannot be restored here, and those overdue (see ``overdue``).
 
-        A job is overdue when it should have started longer ago than its grace
-        time, plus the time a scheduler may take to notice it (lease + poll).
-        A broken job is reported as broken only (its next run time never moves).
+        A job is overdue when it should have started longer ago than its
+        allowance: ``APSCHEDULER_OVERDUE_AFTER``, by default its grace time plus
+        the time a scheduler may take to notice it (lease + poll). A broken job
+        is reported as broken only (its next run time never moves).
         """
-        slack = lease + timedelta(seconds=conf.poll_interval())
-        broken, overdue = [], []
-        rows = DjangoJob.objects.order_by("id").values_list(
-            "id", "next_run_time", "job_state", "job_signature"
+        broken = []
+        rows = (
+            DjangoJob.objects.unfinished()
+            .order_by("id")
+            .values_list("id", "job_state", "job_signature")
         )
-        for job_id, next_run_time, state, signature in rows.iterator():
-            classified = classify_job(job_id, state, signature, next_run_time)
+        for job_id, state, signature in rows.iterator():
+            classified = classify_job(job_id, state, signature, None)
             if classified.error is not None:
                 broken.append({"id": job_id, "reason": classified.reason})
-                continue
-            job = classified.job
-            if classified.name != "scheduled" or job is None or next_run_time is None:
-                continue  # finished or paused
-            late = now - next_run_time
-            if late > slack + timedelta(seconds=job.misfire_grace_time or 0):
-                overdue.append({"id": job_id, "late_seconds": round(late.total_seconds(), 1)})
-        return broken, overdue
+        late = [
+            {"id": job.job_id, "late_seconds": round(job.late.total_seconds(), 1)}
+            for job in overdue.find_overdue(now)
+        ]
+        return broken, sorted(late, key=lambda o: o["id"])
