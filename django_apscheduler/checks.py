@@ -45,3 +45,29 @@ def check_declared_executors(app_configs: Any = None, **kwargs: Any) -> list[che
                 )
             )
     return found
+
+
+@checks.register()
+def check_declared_tasks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One error per ``@scheduled_job`` on a task that cannot be handed off here.
+
+    Its engine (Django Tasks, Celery) is not installed or not configured, or
+    its backend or options are invalid: every fire would fail to enqueue.
+    """
+    from django_apscheduler import declared, handoff
+
+    found: list[checks.CheckMessage] = []
+    for declaration in declared.discover().values():
+        if not handoff.is_task(declaration.func):
+            continue
+        ref = handoff.TaskRef(handoff.engine_of(declaration.func).task_path(declaration.func))  # type: ignore[union-attr]
+        problem = handoff.task_problem(ref)
+        if problem:
+            found.append(
+                checks.Error(
+                    f"@scheduled_job {declaration.id!r}: {problem}",
+                    hint="See docs/workers.md for setting up Django Tasks or Celery.",
+                    id="django_apscheduler.E012",
+                )
+            )
+    return found

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "APSCHEDULER_SHUTDOWN_TIMEOUT": 30,
     # Module name looked up in every installed app for jobs declared in code.
     "APSCHEDULER_JOBS_MODULE": "jobs",
+    # Seconds after its enqueue by which a fire handed to a task worker must have
+    # ended; one that has not is marked "Lost" (docs/workers.md).
+    "APSCHEDULER_HANDOFF_LOST_AFTER": 3600,
 }
 
 #: The job defaults of the schedulers this app builds, before APSCHEDULER_JOB_DEFAULTS.
@@ -184,6 +187,11 @@ def jobs_module() -> str:
     return str(get("APSCHEDULER_JOBS_MODULE"))  # system check E007 reports a non-name
 
 
+def handoff_lost_after() -> float:
+    """``APSCHEDULER_HANDOFF_LOST_AFTER``: seconds a handed-off fire has to end before it is "Lost"."""
+    return _float("APSCHEDULER_HANDOFF_LOST_AFTER")
+
+
 def _number(name: str, *, minimum: float, allow_none: bool = False) -> str | None:
     value = get(name)
     if value is None and allow_none:
@@ -213,6 +221,7 @@ def problems() -> list[tuple[str, str, str]]:
         add(_number(name, minimum=0.1))
     add(_number("APSCHEDULER_POLL_INTERVAL", minimum=0.05))
     add(_number("APSCHEDULER_EXECUTION_RETENTION", minimum=1, allow_none=True))
+    add(_number("APSCHEDULER_HANDOFF_LOST_AFTER", minimum=1))
     for name, minimum in (
         ("APSCHEDULER_DISPATCH_BATCH_SIZE", 1),
         ("APSCHEDULER_THREADS", 1),

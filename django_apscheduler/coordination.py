@@ -611,6 +611,11 @@ class Coordinator:
         )
         if dead:
             self._store._wake_scheduler()
+        from django_apscheduler import handoff  # at call time: handoff imports executions
+
+        self._housekeeping_run(
+            lambda: handoff.sweep(self.instance_id), "enqueue or mark lost hand-offs"
+        )
 
     def _poll(self) -> None:
         """Wake the scheduler if a job is now due before the time it sleeps until."""

@@ -208,6 +208,43 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             finished=executions.decimal_seconds(executions.now_epoch()),
         )
 
+    # --- runs handed to task workers (see ``handoff``) ---
+
+    def unpublished(self) -> DjangoJobExecutionQuerySet:
+        """Hand-offs recorded "Queued" whose task was not (yet) enqueued."""
+        return self.filter(status=DjangoJobExecution.QUEUED, handed_off_at__isnull=True)
+
+    def unfinished_handoffs(self, enqueued_before: datetime) -> DjangoJobExecutionQuerySet:
+        """Enqueued tasks, enqueued before ``enqueued_before``, without a final status."""
+        return self.filter(
+            handed_off_at__lt=enqueued_before,
+            status__in=[DjangoJobExecution.QUEUED, DjangoJobExecution.SENT],
+        )
+
+    def of_task(self, task_id: str) -> DjangoJobExecutionQuerySet:
+        """The run handed off as the task ``task_id``."""
+        return self.filter(task_id=task_id)
+
+    def mark_started(self, worker: str) -> int:
+        """Mark the selected hand-offs "Started execution" on ``worker`` (host:pid); return how many.
+
+        Only a run still "Queued" (or taken for "Lost") changes, so a second
+        delivery of the same task never moves a run back from its end.
+        """
+        return self.filter(status__in=[DjangoJobExecution.QUEUED, DjangoJobExecution.LOST]).update(
+            status=DjangoJobExecution.SENT, instance=worker
+        )
+
+    def mark_lost(self, reason: str) -> int:
+        """Mark the selected runs "Lost" with ``reason``; return how many."""
+        from django_apscheduler import executions
+
+        return self.update(
+            status=DjangoJobExecution.LOST,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+        )
+
 
 class DjangoJobExecutionManager(
     models.Manager.from_queryset(DjangoJobExecutionQuerySet)  # type: ignore[misc]
@@ -248,8 +285,12 @@ class DjangoJobExecution(models.Model):
     MAX_INSTANCES = "Max instances!"
     ERROR = "Error!"
     INTERRUPTED = "Interrupted"
+    #: Handed to a task worker (Django Tasks, Celery): see ``handoff``.
+    QUEUED = "Queued"
+    #: Handed to a task worker that never reported its end in time.
+    LOST = "Lost"
 
-    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS, INTERRUPTED]]
+    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS, INTERRUPTED, QUEUED, LOST]]
 
     id = models.BigAutoField(primary_key=True, help_text=_("Unique ID for this job execution."))
     job = models.ForeignKey(
@@ -294,6 +335,25 @@ class DjangoJobExecution(models.Model):
         blank=True,
         db_index=True,
         help_text=_("The scheduler instance that submitted this run."),
+    )
+    # Runs handed to a task worker (see ``handoff``); NULL for runs in the scheduler.
+    task_backend = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("The task engine and backend or queue this run was handed to."),
+    )
+    task_id = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text=_("The id of the task this run was handed off as."),
+    )
+    handed_off_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_("When the task was enqueued (empty: not enqueued yet)."),
     )
 
     objects = DjangoJobExecutionManager()
