@@ -44,6 +44,7 @@ import importlib
 import inspect
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
@@ -418,6 +419,7 @@ def hand_off(
                     instance=instance,
                     task_backend=label,
                     task_id=task_id,
+                    task_call=pickle.dumps((ref.reference, tuple(args), dict(kwargs))),
                 )
             return row.pk
         except IntegrityError:
@@ -454,7 +456,9 @@ def publish(
     )
 
     def note(new_id: str) -> None:
-        rows.update(task_id=new_id, task_backend=label, handed_off_at=timezone.now())
+        rows.update(
+            task_id=new_id, task_backend=label, handed_off_at=timezone.now(), task_call=None
+        )
 
     try:
         if engine.transactional(task, options, using):
@@ -478,6 +482,7 @@ def publish(
                 status=DjangoJobExecution.ERROR,
                 exception=reason[: executions.EXCEPTION_MAX_LENGTH],
                 finished=executions.decimal_seconds(executions.now_epoch()),
+                task_call=None,
             ),
             using=using,
             description="record a failed hand-off",
@@ -536,19 +541,15 @@ def sweep(instance: str | None = None) -> tuple[int, int]:
 
 
 def _republish(row: Any) -> bool:
-    """Enqueue the task of an unpublished "Queued" row, from its job as stored now."""
-    from django_apscheduler.jobstores import restore_job
-    from django_apscheduler.models import DjangoJob, DjangoJobExecution
+    """Enqueue the task of an unpublished "Queued" row, as its fire had it (``task_call``)."""
+    from apscheduler.util import ref_to_obj
+
+    from django_apscheduler.models import DjangoJobExecution
 
     using = router.db_for_write(DjangoJobExecution)
-    state = (
-        DjangoJob.objects.using(using).filter(id=row.job_id).values_list("job_state", flat=True)
-    ).first()
     try:
-        job = restore_job(state) if state else None
-        ref = job_task_ref(job)
-        if job is None or ref is None:
-            raise TaskHandoffError(row.job_id, "the job is gone or no longer names a task")
+        reference, args, kwargs = pickle.loads(bytes(row.task_call))
+        ref = ref_to_obj(reference)
         task, engine = ref.resolve()
     except Exception as exc:
         DjangoJobExecution.objects.using(using).unpublished().filter(pk=row.pk).update(
@@ -556,6 +557,7 @@ def _republish(row: Any) -> bool:
             exception=f"Could not enqueue a hand-off left unpublished: {exc}"[
                 : executions.EXCEPTION_MAX_LENGTH
             ],
+            task_call=None,
         )
         return False
     logger.warning(
@@ -564,10 +566,7 @@ def _republish(row: Any) -> bool:
         row.job_id,
         row.run_time,
     )
-    return (
-        publish(row.pk, task, engine, ref.options, tuple(job.args), dict(job.kwargs), row.task_id)
-        is not None
-    )
+    return publish(row.pk, task, engine, ref.options, args, kwargs, row.task_id) is not None
 
 
 # --- the worker side -------------------------------------------------------------------

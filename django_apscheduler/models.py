@@ -355,6 +355,9 @@ class DjangoJobExecution(models.Model):
         blank=True,
         help_text=_("When the task was enqueued (empty: not enqueued yet)."),
     )
+    # Kept from the "Queued" commit to the enqueue, so another scheduler can enqueue
+    # it if this one dies in between: the pickled task reference and arguments.
+    task_call = models.BinaryField(null=True, editable=False)
 
     objects = DjangoJobExecutionManager()
 

@@ -226,6 +226,7 @@ def _queued_row(job_id: str, instance: str | None, run_time: datetime) -> Django
         status=DjangoJobExecution.QUEUED,
         instance=instance,
         task_backend="django-tasks:default",
+        task_call=pickle.dumps((handoff.task_ref("tests.handoff_tasks.tasks_note"), ("p",), {})),
     )
 
 

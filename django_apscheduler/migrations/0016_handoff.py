@@ -57,4 +57,9 @@ class Migration(migrations.Migration):
                 null=True,
             ),
         ),
+        migrations.AddField(
+            model_name="djangojobexecution",
+            name="task_call",
+            field=models.BinaryField(editable=False, null=True),
+        ),
     ]
