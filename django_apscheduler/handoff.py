@@ -39,6 +39,7 @@ by :func:`sweep`; if it still ends later, its end is recorded over "Lost".
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib
 import inspect
@@ -53,7 +54,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, close_old_connections, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -346,10 +347,43 @@ def handed_off(job_id: str) -> bool:
     return job_id in _task_jobs
 
 
+#: Threads of each process that record and enqueue its fires' hand-offs.
+HANDOFF_THREADS = 4
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _handoff_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():  # a forked child has no threads
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                HANDOFF_THREADS, thread_name_prefix="django_apscheduler-handoff"
+            )
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _hand_off_logged(
+    job_id: str, run_time: Any, ref: TaskRef, args: Any, kwargs: Any, instance: str | None
+) -> None:
+    try:
+        hand_off(job_id, run_time, ref, args, kwargs, instance)
+    except Exception:
+        logger.exception("Could not hand off job %r's fire at %s", job_id, run_time)
+    finally:
+        close_old_connections()
+
+
 def instrument(job: Any, instance: Any) -> None:
     """Make ``job``'s run, in the executor, hand the fire off instead of running the task.
 
-    ``instance`` returns the scheduler instance the hand-off is credited to.
+    The executor's run only queues the hand-off for this process's hand-off
+    threads and returns: a task job's ``max_instances`` never refuses a fire
+    because an earlier hand-off is still writing (the engine runs the task;
+    its concurrency is the engine's). ``instance`` returns the scheduler
+    instance the hand-off is credited to.
     """
     ref = job_task_ref(job)
     assert ref is not None
@@ -357,10 +391,7 @@ def instrument(job: Any, instance: Any) -> None:
 
     def hand_off_fire(*args: Any, **kwargs: Any) -> None:
         run_time = internals.caller_run_time()
-        try:
-            hand_off(job_id, run_time, ref, args, kwargs, instance())
-        except Exception:
-            logger.exception("Could not hand off job %r's fire at %s", job_id, run_time)
+        _handoff_pool().submit(_hand_off_logged, job_id, run_time, ref, args, kwargs, instance())
 
     job.func = hand_off_fire
 
