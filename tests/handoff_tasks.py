@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from importlib.util import find_spec
 from typing import Any
 
 from celery import current_task, shared_task
 
 import tests.celery_app  # noqa: F401  (makes the test app current)
-from django_apscheduler.declared import scheduled_job
 
 try:
     from django.tasks import task  # Django 6
@@ -36,6 +36,10 @@ def _sleep_until(marker: str) -> None:
     deadline = time.time() + 300
     while not os.path.exists(marker) and time.time() < deadline:
         time.sleep(0.1)
+
+
+#: The Django Tasks tests need django-tasks-db's backend and worker (Django 5.2+).
+HAS_TASKS_DB = task is not None and find_spec("django_tasks_db") is not None
 
 
 # --- Celery ----------------------------------------------------------------------
@@ -82,8 +86,3 @@ if task is not None:
     @task(queue_name="reports", priority=5)
     def tasks_report(path: str) -> None:
         _note(path, "report", "")
-
-    # Declared in code, stacked on @task (tests/test_handoff.py syncs it by hand).
-    declared_report = scheduled_job("interval", hours=1, id="handoff-declared", args=["/dev/null"])(
-        tasks_report
-    )

@@ -25,7 +25,7 @@ from tests import handoff_tasks
 from tests.helpers import wait_until
 
 UTC = timezone.utc
-HAS_TASKS_DB = handoff_tasks.task is not None
+HAS_TASKS_DB = handoff_tasks.HAS_TASKS_DB
 needs_tasks_db = pytest.mark.skipif(
     not HAS_TASKS_DB, reason="django-tasks-db needs Django 5.2 or later (extra 'tasks')"
 )
@@ -197,8 +197,20 @@ def test_run_now_hands_a_task_job_off(tmp_path):
     assert row.task_id in outcome.message and task_results().count() == 1
 
 
+@pytest.fixture
+def declared_task():
+    """``@scheduled_job`` stacked on a ``@task``, declared for this test only."""
+    saved = dict(declared._registry)
+    declared.scheduled_job("interval", hours=1, id="handoff-declared", args=["/dev/null"])(
+        handoff_tasks.tasks_report
+    )
+    yield
+    declared._registry.clear()
+    declared._registry.update(saved)
+
+
 @needs_tasks_db
-def test_declared_job_on_a_task_is_synced_as_a_reference(make_scheduler):
+def test_declared_job_on_a_task_is_synced_as_a_reference(make_scheduler, declared_task):
     declaration = declared.discover()["handoff-declared"]
     scheduler = make_scheduler(start=False)
     scheduler.start(paused=True)
@@ -209,7 +221,7 @@ def test_declared_job_on_a_task_is_synced_as_a_reference(make_scheduler):
 
 
 @needs_tasks_db
-def test_the_system_check_reports_a_declared_task_without_backend():
+def test_the_system_check_reports_a_declared_task_without_backend(declared_task):
     tasks = {"other": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
     with override_settings(TASKS=tasks):
         found = [m for m in checks.run_checks() if m.id == "django_apscheduler.E012"]

@@ -62,7 +62,7 @@ def _redis_up() -> bool:
 
 @pytest.fixture(params=ENGINES)
 def engine(request, vendor) -> str:
-    if request.param == "tasks" and handoff_tasks.task is None:
+    if request.param == "tasks" and not handoff_tasks.HAS_TASKS_DB:
         pytest.skip("django-tasks-db needs Django 5.2 or later (extra 'tasks')")
     if request.param == "celery":
         if vendor == "sqlite":
