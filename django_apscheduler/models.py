@@ -366,6 +366,9 @@ class DjangoJobExecution(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job_id", "run_time"], name="unique_job_executions")
         ]
+        # The sweep of hand-offs (``handoff.sweep``) looks for the few runs still
+        # "Queued" or "Started execution" at every housekeeping round.
+        indexes = [models.Index(fields=["status", "handed_off_at"], name="dja_execution_handoff")]
 
     def __str__(self) -> str:
         return f"{self.id}: job '{self.job_id}' ({self.status})"

@@ -62,4 +62,8 @@ class Migration(migrations.Migration):
             name="task_call",
             field=models.BinaryField(editable=False, null=True),
         ),
+        migrations.AddIndex(
+            model_name="djangojobexecution",
+            index=models.Index(fields=["status", "handed_off_at"], name="dja_execution_handoff"),
+        ),
     ]
