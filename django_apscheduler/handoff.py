@@ -487,9 +487,7 @@ def publish(
     )
 
     def note(new_id: str) -> None:
-        rows.update(
-            task_id=new_id, task_backend=label, handed_off_at=timezone.now(), task_call=None
-        )
+        rows.note_enqueued(new_id, label)
 
     try:
         if engine.transactional(task, options, using):
@@ -509,12 +507,7 @@ def publish(
         reason = f"Could not hand the fire to {label}: {type(exc).__name__}: {exc}"
         logger.error("Execution %s: %s", execution_id, reason)
         db.run_resiliently(
-            lambda: rows.update(
-                status=DjangoJobExecution.ERROR,
-                exception=reason[: executions.EXCEPTION_MAX_LENGTH],
-                finished=executions.decimal_seconds(executions.now_epoch()),
-                task_call=None,
-            ),
+            lambda: rows.fail_handoff(reason),
             using=using,
             description="record a failed hand-off",
         )
@@ -583,12 +576,8 @@ def _republish(row: Any) -> bool:
         ref = ref_to_obj(reference)
         task, engine = ref.resolve()
     except Exception as exc:
-        DjangoJobExecution.objects.using(using).unpublished().filter(pk=row.pk).update(
-            status=DjangoJobExecution.ERROR,
-            exception=f"Could not enqueue a hand-off left unpublished: {exc}"[
-                : executions.EXCEPTION_MAX_LENGTH
-            ],
-            task_call=None,
+        DjangoJobExecution.objects.using(using).unpublished().filter(pk=row.pk).fail_handoff(
+            f"Could not enqueue a hand-off left unpublished: {exc}"
         )
         return False
     logger.warning(

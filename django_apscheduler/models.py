@@ -235,6 +235,23 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             status=DjangoJobExecution.SENT, instance=worker
         )
 
+    def note_enqueued(self, task_id: str, backend: str) -> int:
+        """Note on the selected hand-offs that their task was enqueued as ``task_id``."""
+        return self.update(
+            task_id=task_id, task_backend=backend, handed_off_at=timezone.now(), task_call=None
+        )
+
+    def fail_handoff(self, reason: str) -> int:
+        """Mark the selected hand-offs "Error!": their task could not be enqueued (``reason``)."""
+        from django_apscheduler import executions
+
+        return self.update(
+            status=DjangoJobExecution.ERROR,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+            task_call=None,
+        )
+
     def mark_lost(self, reason: str) -> int:
         """Mark the selected runs "Lost" with ``reason``; return how many."""
         from django_apscheduler import executions

@@ -51,8 +51,8 @@ class CeleryEngine:
         return _task_of(obj) is not None
 
     def task_path(self, task: Any) -> str:
-        # A task class is named after its function; @shared_task's proxy forwards __class__.
-        return f"{task.__module__}.{task.__class__.__name__}"
+        # The decorated function's path (proxies of @shared_task and app.task forward ``run``).
+        return f"{task.run.__module__}.{task.run.__name__}"
 
     def problem(self, task: Any, options: dict[str, Any]) -> str | None:
         if "backend" in options:

@@ -13,7 +13,7 @@ import time
 from importlib.util import find_spec
 from typing import Any
 
-from celery import current_task, shared_task
+from celery import Celery, current_task, shared_task
 
 import tests.celery_app  # noqa: F401  (makes the test app current)
 
@@ -62,6 +62,16 @@ def celery_hang(path: str, marker: str) -> None:
     """Note the start, then wait for ``marker`` (the test kills the worker meanwhile)."""
     _note(path, "hang", current_task.request.id)
     _sleep_until(marker)
+
+
+#: An app whose broker nobody listens on, publishing without retries: every enqueue fails.
+unreachable = Celery("unreachable", broker="redis://127.0.0.1:1/0", set_as_current=False)
+unreachable.conf.task_publish_retry = False
+
+
+@unreachable.task
+def celery_unreachable(path: str) -> None:
+    _note(path, "unreachable", current_task.request.id)
 
 
 # --- Django Tasks ----------------------------------------------------------------

@@ -187,6 +187,18 @@ def test_a_scheduler_hands_fires_off_and_never_runs_the_task(make_scheduler, tmp
     assert DjangoJobExecution.objects.filter(job_id="fire").count() == 1
 
 
+def test_an_enqueue_that_fails_marks_the_fire_error_naming_the_broker_error(tmp_path):
+    client.add_job(handoff_tasks.celery_unreachable, "interval", hours=1, id="down", args=["p"])
+    ref = handoff.job_task_ref(client.get_job("down"))
+    run_time = datetime(2030, 1, 1, tzinfo=UTC)
+    assert handoff.hand_off("down", run_time, ref, ["p"], {}) is None
+    row = DjangoJobExecution.objects.get(job_id="down")
+    assert row.status == DjangoJobExecution.ERROR and row.handed_off_at is None
+    assert row.exception.startswith("Could not hand the fire to celery:celery: ")
+    assert row.task_call is None
+    assert handoff.sweep("me") == (0, 0)  # an error is final: not enqueued again
+
+
 @needs_tasks_db
 def test_run_now_hands_a_task_job_off(tmp_path):
     client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="now", args=["p"])
