@@ -71,3 +71,41 @@ def check_declared_tasks(app_configs: Any = None, **kwargs: Any) -> list[checks.
                 )
             )
     return found
+
+
+@checks.register(checks.Tags.database)
+def check_stored_tasks(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """One warning per stored task job whose task cannot be handed off here.
+
+    Runs only when the checks are asked to use the database (``manage.py
+    check --database default``, ``migrate``). Only rows whose state names a
+    task reference are unpickled.
+    """
+    from django.db import router
+
+    from django_apscheduler import handoff
+    from django_apscheduler.models import DjangoJob, classify_job
+
+    using = router.db_for_read(DjangoJob)
+    if not databases or using not in databases:
+        return []
+    found: list[checks.CheckMessage] = []
+    marker = handoff.REF_PREFIX.encode()
+    rows = DjangoJob.objects.using(using).unfinished()
+    for job_id, state, next_run_time in rows.values_list("id", "job_state", "next_run_time"):
+        if marker not in bytes(state):
+            continue
+        # A broken row has no job: the admin and the store report those.
+        ref = handoff.job_task_ref(classify_job(state, next_run_time).job)
+        problem = handoff.task_problem(ref) if ref is not None else None
+        if problem:
+            found.append(
+                checks.Warning(
+                    f"Stored job {job_id!r}: {problem}; its fires are logged Error!.",
+                    hint="See docs/workers.md for setting up Django Tasks or Celery.",
+                    id="django_apscheduler.W013",
+                )
+            )
+    return found

@@ -434,7 +434,25 @@ def hand_off(
 
     if run_time is None:
         run_time = timezone.now()
-    task, engine = ref.resolve()
+    try:
+        task, engine = ref.resolve()
+    except TaskHandoffError as exc:
+        # The task is gone, or its engine is not installed here: the fire is
+        # logged as failed, with the reason, rather than skipped without a trace.
+        logger.error("Job %r's fire at %s cannot be handed off: %s", job_id, run_time, exc)
+        executions.write_now(
+            [
+                executions.Record(
+                    job_id,
+                    run_time,
+                    DjangoJobExecution.ERROR,
+                    exception=str(exc),
+                    finished=executions.now_epoch(),
+                    instance=instance,
+                )
+            ]
+        )
+        return None
     stored_run_time = util.get_django_internal_datetime(run_time)
     using = router.db_for_write(DjangoJobExecution)
     label = engine.label(task, ref.options)

@@ -240,6 +240,22 @@ def test_the_system_check_reports_a_declared_task_without_backend(declared_task)
     assert found and "handoff-declared" in found[0].msg and "TASKS" in found[0].msg
 
 
+def test_a_stored_task_job_whose_task_is_gone_is_reported_and_its_fires_fail(settings):
+    client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="gone", args=["p"])
+    row = DjangoJob.objects.get(id="gone")
+    state = pickle.loads(bytes(row.job_state))
+    state["func"] = handoff.task_ref("tests.handoff_tasks.no_such_task")
+    DjangoJob.objects.filter(id="gone").update(job_state=pickle.dumps(state))
+    found = [
+        m for m in checks.run_checks(databases=["default"]) if m.id == "django_apscheduler.W013"
+    ]
+    assert len(found) == 1 and "'gone'" in found[0].msg and "no_such_task" in found[0].msg
+    ref = handoff.job_task_ref(client.get_job("gone"))
+    assert handoff.hand_off("gone", dj_timezone.now(), ref, ["p"], {}) is None
+    fire = DjangoJobExecution.objects.get(job_id="gone")
+    assert fire.status == DjangoJobExecution.ERROR and "no_such_task" in fire.exception
+
+
 # --- the sweep ------------------------------------------------------------------------
 
 
