@@ -83,7 +83,7 @@ def check_stored_tasks(
     check --database default``, ``migrate``). Only rows whose state names a
     task reference are unpickled.
     """
-    from django.db import router
+    from django.db import DatabaseError, connections, router
 
     from django_apscheduler import handoff
     from django_apscheduler.models import DjangoJob, classify_job
@@ -91,10 +91,19 @@ def check_stored_tasks(
     using = router.db_for_read(DjangoJob)
     if not databases or using not in databases:
         return []
+    try:  # migrate runs the checks before it creates the tables
+        if DjangoJob._meta.db_table not in connections[using].introspection.table_names():
+            return []
+        rows = list(
+            DjangoJob.objects.using(using)
+            .unfinished()
+            .values_list("id", "job_state", "next_run_time")
+        )
+    except DatabaseError:
+        return []
     found: list[checks.CheckMessage] = []
     marker = handoff.REF_PREFIX.encode()
-    rows = DjangoJob.objects.using(using).unfinished()
-    for job_id, state, next_run_time in rows.values_list("id", "job_state", "next_run_time"):
+    for job_id, state, next_run_time in rows:
         if marker not in bytes(state):
             continue
         # A broken row has no job: the admin and the store report those.

@@ -50,6 +50,7 @@ NEW_MIGRATIONS = [
     "0010_coordination",
     "0011_djangojob_declared_in_code",
     "0012_djangoschedulerinstance_declared_ids",
+    "0016_handoff",
 ]
 ADDED = (
     "acquired_by",
@@ -58,6 +59,12 @@ ADDED = (
     "instance",
     "djangoschedulerinstance",
     "declared_in_code",
+    # 0016: runs handed to task workers
+    "task_backend",
+    "task_id",
+    "handed_off_at",
+    "task_call",
+    "dja_execution_handoff",
 )
 
 #: Bounds on the subprocesses (not speed checks).
@@ -379,7 +386,8 @@ def _without_added(schema: dict) -> dict:
             # SQLite writes ALTER TABLE ... ADD COLUMN into the table's SQL text;
             # MySQL's SHOW CREATE TABLE has one line per column and key.
             value = re.sub(
-                r', "(acquired_by|acquired_until|version|instance|declared_in_code)" '
+                r', "(acquired_by|acquired_until|version|instance|declared_in_code'
+                r'|task_backend|task_id|handed_off_at|task_call)" '
                 r'.*?(?=, "|, CONSTRAINT |\)$)',
                 "",
                 value,
