@@ -222,6 +222,20 @@ def declared_task():
 
 
 @needs_tasks_db
+def test_the_run_command_hands_a_task_job_off():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="cmd", args=["p"])
+    out = StringIO()
+    call_command("apscheduler", "run", "cmd", stdout=out)
+    row = DjangoJobExecution.objects.get(job_id="cmd")
+    assert out.getvalue().startswith("cmd: handed_off (django-tasks:default, task ")
+    assert row.status == DjangoJobExecution.QUEUED and row.task_id in out.getvalue()
+
+
+@needs_tasks_db
 def test_declared_job_on_a_task_is_synced_as_a_reference(make_scheduler, declared_task):
     declaration = declared.discover()["handoff-declared"]
     scheduler = make_scheduler(start=False)
