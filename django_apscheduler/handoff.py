@@ -58,7 +58,7 @@ from django.db import IntegrityError, close_old_connections, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from django_apscheduler import conf, db, executions, internals, util
+from django_apscheduler import backends, conf, db, executions, internals, util
 from django_apscheduler.exceptions import TaskHandoffError
 
 logger = logging.getLogger(__name__)
@@ -458,7 +458,11 @@ def hand_off(
     label = engine.label(task, ref.options)
     task_id = engine.task_id_for(job_id, stored_run_time)
 
+    attempts = 0
+
     def insert() -> int | None:
+        nonlocal attempts
+        attempts += 1
         try:
             with transaction.atomic(using=using):
                 row = DjangoJobExecution.objects.using(using).create(
@@ -472,6 +476,18 @@ def hand_off(
                 )
             return row.pk
         except IntegrityError:
+            if attempts > 1:
+                # A retry after a lost connection: the first attempt's commit may
+                # have gone through. Then the row is ours, still to be enqueued.
+                mine = (
+                    DjangoJobExecution.objects.using(using)
+                    .unpublished()
+                    .filter(job_id=job_id, run_time=stored_run_time, instance=instance)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+                if mine is not None:
+                    return mine
             return None  # handed off already, or the job was removed
 
     execution_id = db.run_resiliently(insert, using=using, description="record a hand-off")
@@ -507,20 +523,30 @@ def publish(
     def note(new_id: str) -> None:
         rows.note_enqueued(new_id, label)
 
+    transactional = engine.transactional(task, options, using)
     try:
-        if engine.transactional(task, options, using):
+        if transactional:
             # Django Tasks' database backend on this database: the task and the
             # note commit together (a crash leaves neither).
+            backend = backends.for_alias(using)
+
             def enqueue_and_note() -> str:
-                with transaction.atomic(using=using):
+                with backend.write_transaction(using):
+                    # Locked: of two publishers of this row (a retry whose first
+                    # attempt committed; a sweep and a scheduler taken for dead),
+                    # the second finds it noted and enqueues nothing.
+                    if not list(backend.lock_for_write(rows, using).values_list("pk", flat=True)):
+                        # A retry whose first attempt committed: enqueued already.
+                        noted = DjangoJobExecution.objects.using(using).filter(pk=execution_id)
+                        return str(noted.values_list("task_id", flat=True).first())
                     new_id = engine.enqueue(task, args, kwargs, options, task_id)
                     note(new_id)
                 return new_id
 
             new_id = db.run_resiliently(enqueue_and_note, using=using, description="enqueue")
         else:
+            # Never retried: a failure that hid a success would enqueue twice.
             new_id = engine.enqueue(task, args, kwargs, options, task_id)
-            db.run_resiliently(lambda: note(new_id), using=using, description="note a hand-off")
     except Exception as exc:
         reason = f"Could not hand the fire to {label}: {type(exc).__name__}: {exc}"
         logger.error("Execution %s: %s", execution_id, reason)
@@ -530,6 +556,18 @@ def publish(
             description="record a failed hand-off",
         )
         return None
+    if not transactional:
+        try:
+            db.run_resiliently(lambda: note(new_id), using=using, description="note a hand-off")
+        except Exception:
+            # Enqueued, but the row still reads "not enqueued": should this process
+            # die before the database is back, a sweep would enqueue it again.
+            logger.exception(
+                "Execution %s was handed to %s as task %s, but that could not be noted",
+                execution_id,
+                label,
+                new_id,
+            )
     logger.info("Execution %s handed to %s as task %s", execution_id, label, new_id)
     return HandOff(execution_id, label, new_id)
 
