@@ -23,8 +23,10 @@ which resolves to the task at each fire. The ``client`` API and
    transaction with step 3);
 3. notes the enqueue on the row (``handed_off_at``, the task id).
 
-A scheduler that dies between 1 and 3 leaves a "Queued" row without
-``handed_off_at``. The next housekeeping of another scheduler (:func:`sweep`),
+The executor's run of a task job only queues these steps for the process's
+hand-off threads, so ``max_instances`` never refuses a fire. A scheduler that
+dies between 1 and 3 leaves a "Queued" row without ``handed_off_at`` (and
+with the fire's call, ``task_call``). The next housekeeping of another scheduler (:func:`sweep`),
 once the dead one's instance is retired, enqueues it: the fire is not lost. It
 is not doubled either: the dead process cannot enqueue any more, and on Celery
 a repeated publish carries the same task id, which the worker's signals map to

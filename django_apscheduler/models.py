@@ -215,10 +215,19 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
         return self.filter(status=DjangoJobExecution.QUEUED, handed_off_at__isnull=True)
 
     def unfinished_handoffs(self, enqueued_before: datetime) -> DjangoJobExecutionQuerySet:
-        """Enqueued tasks, enqueued before ``enqueued_before``, without a final status."""
+        """Hand-offs without a final status, enqueued (or, never noted so, due) before the time.
+
+        A hand-off never noted as enqueued by a scheduler that lives on (the
+        note failed) counts from its run time.
+        """
         return self.filter(
-            handed_off_at__lt=enqueued_before,
+            Q(handed_off_at__lt=enqueued_before)
+            | Q(
+                handed_off_at__isnull=True,
+                run_time__lt=util.get_django_internal_datetime(enqueued_before),
+            ),
             status__in=[DjangoJobExecution.QUEUED, DjangoJobExecution.SENT],
+            task_backend__isnull=False,
         )
 
     def of_task(self, task_id: str) -> DjangoJobExecutionQuerySet:

@@ -314,10 +314,23 @@ def test_the_sweep_marks_overdue_hand_offs_lost():
     DjangoJobExecution.objects.filter(pk=rows[2].pk).update(
         handed_off_at=dj_timezone.now(), status=DjangoJobExecution.SENT
     )
+    # Never noted as enqueued by a scheduler that lives on: counted from its run time.
+    now = dj_timezone.now()
+    DjangoSchedulerInstance.objects.create(
+        id="alive", host="h", pid=1, started=now, last_heartbeat=now
+    )
+    unnoted = _queued_row("late", "alive", old - timedelta(seconds=9))
+    recent = _queued_row("late", "alive", now)
+    local = DjangoJobExecution.objects.create(
+        job_id="late", run_time=old - timedelta(seconds=8), status=DjangoJobExecution.SENT
+    )
     with override_settings(APSCHEDULER_HANDOFF_LOST_AFTER=60):
-        assert handoff.sweep("me")[1] == 2
+        assert handoff.sweep("me") == (0, 3)
     statuses = {r.pk: r for r in DjangoJobExecution.objects.all()}
     assert statuses[rows[0].pk].status == DjangoJobExecution.LOST
     assert "APSCHEDULER_HANDOFF_LOST_AFTER" in statuses[rows[0].pk].exception
     assert statuses[rows[1].pk].status == DjangoJobExecution.LOST
     assert statuses[rows[2].pk].status == DjangoJobExecution.SENT  # still within its time
+    assert statuses[unnoted.pk].status == DjangoJobExecution.LOST
+    assert statuses[recent.pk].status == DjangoJobExecution.QUEUED
+    assert statuses[local.pk].status == DjangoJobExecution.SENT  # a run in a scheduler: not ours
