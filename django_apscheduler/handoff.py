@@ -497,7 +497,9 @@ def hand_off(
         logger.debug("Job %r's fire at %s was handed off already", job_id, run_time)
         return None
     _crash_hook()
-    return publish(execution_id, task, engine, ref.options, tuple(args), dict(kwargs), task_id)
+    return publish(
+        execution_id, task, engine, ref.options, tuple(args), dict(kwargs), task_id, instance
+    )
 
 
 def publish(
@@ -508,18 +510,24 @@ def publish(
     args: tuple,
     kwargs: dict,
     task_id: str | None,
+    owner: str | None,
 ) -> HandOff | None:
     """Enqueue the task of the "Queued" row ``execution_id`` and note it on the row.
 
-    The enqueue is never retried here (a failure that hid a success would
-    enqueue twice); a failed one marks the row "Error!" with the reason.
+    ``owner`` is the scheduler instance the row names: the row is enqueued
+    only while it still does (a sweep takes a dead scheduler's rows over by
+    naming itself). The enqueue is never retried here (a failure that hid a
+    success would enqueue twice); a failed one marks the row "Error!" with the
+    reason.
     """
     from django_apscheduler.models import DjangoJobExecution
 
     using = router.db_for_write(DjangoJobExecution)
     label = engine.label(task, options)
-    rows = DjangoJobExecution.objects.using(using).filter(
-        pk=execution_id, status=DjangoJobExecution.QUEUED, handed_off_at__isnull=True
+    rows = (
+        DjangoJobExecution.objects.using(using)
+        .unpublished()
+        .filter(pk=execution_id, instance=owner)
     )
 
     def note(new_id: str) -> None:
@@ -547,6 +555,13 @@ def publish(
 
             new_id = db.run_resiliently(enqueue_and_note, using=using, description="enqueue")
         else:
+            if not db.run_resiliently(rows.exists, using=using, description="check a hand-off"):
+                logger.warning(
+                    "Execution %s was taken over by another scheduler (this one was taken for "
+                    "dead); not enqueueing it here",
+                    execution_id,
+                )
+                return None
             # Never retried: a failure that hid a success would enqueue twice.
             new_id = engine.enqueue(task, args, kwargs, options, task_id)
     except Exception as exc:
@@ -606,7 +621,10 @@ def sweep(instance: str | None = None) -> tuple[int, int]:
             .filter(pk=row.pk, instance=row.instance)
             .update(instance=instance)
         )
-        if taken and _republish(row):
+        if not taken:
+            continue  # another sweep took it
+        row.instance = instance
+        if _republish(row):
             enqueued += 1
     cutoff = now - timedelta(seconds=conf.handoff_lost_after())
     lost = executions_.unfinished_handoffs(cutoff).mark_lost(
@@ -644,7 +662,10 @@ def _republish(row: Any) -> bool:
         row.job_id,
         row.run_time,
     )
-    return publish(row.pk, task, engine, ref.options, args, kwargs, row.task_id) is not None
+    return (
+        publish(row.pk, task, engine, ref.options, args, kwargs, row.task_id, row.instance)
+        is not None
+    )
 
 
 # --- the worker side -------------------------------------------------------------------

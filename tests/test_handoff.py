@@ -303,6 +303,27 @@ def test_the_sweep_enqueues_what_a_dead_scheduler_left_unpublished():
     assert task_results().count() == 1
 
 
+@needs_tasks_db
+def test_a_scheduler_taken_for_dead_enqueues_nothing_after_the_sweep():
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="slow", args=["p"])
+    row = _queued_row("slow", "slow:1:x", dj_timezone.now() - timedelta(seconds=1))
+    assert handoff.sweep("sweeper") == (1, 0)
+    # The "dead" scheduler wakes up and goes on with its hand-off.
+    task, engine = handoff.TaskRef("tests.handoff_tasks.tasks_note").resolve()
+    handoff.publish(row.pk, task, engine, {}, ("p",), {}, None, "slow:1:x")
+    assert task_results().count() == 1
+
+
+def test_a_row_taken_over_is_not_published_by_its_first_owner():
+    client.add_job(handoff_tasks.celery_unreachable, "interval", hours=1, id="taken", args=["p"])
+    row = _queued_row("taken", "sweeper", dj_timezone.now())
+    task, engine = handoff.TaskRef("tests.handoff_tasks.celery_unreachable").resolve()
+    # Enqueueing would fail (nobody listens) and mark the row Error!: it is not tried.
+    assert handoff.publish(row.pk, task, engine, {}, ("p",), {}, "id", "first:1:x") is None
+    row.refresh_from_db()
+    assert row.status == DjangoJobExecution.QUEUED and row.instance == "sweeper"
+
+
 def test_the_sweep_marks_overdue_hand_offs_lost():
     client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="late", args=["p"])
     old = dj_timezone.now() - timedelta(hours=2)
