@@ -254,6 +254,27 @@ def test_a_killed_worker_leaves_its_run_lost_not_started(workers, tmp_path):
     assert not DjangoJobExecution.objects.filter(status=DjangoJobExecution.SENT).exists()
 
 
+def test_a_repeated_celery_publish_lands_on_the_same_row(workers, tmp_path):
+    if workers.engine != "celery":
+        pytest.skip("a Celery task id is derived from the fire; Django Tasks' ids are not")
+    path = tmp_path / "runs.jsonl"
+    workers.start()
+    client.add_job(workers.ref("note"), "interval", hours=1, id="twice", args=[str(path)])
+    ref = handoff.job_task_ref(client.get_job("twice"))
+    done = handoff.hand_off("twice", dj_timezone.now(), ref, [str(path)], {})
+    assert done is not None
+    first = wait_final("twice")
+    # The same fire published again (what a publisher taken for dead might do).
+    task, engine = ref.resolve()
+    assert engine.enqueue(task, (str(path),), {}, ref.options, done.task_id) == done.task_id
+    wait_until(lambda: len(runs(path)) == 2, timeout=120)
+    wait_until(lambda: "repeated delivery" in workers.log(), timeout=60)
+    [row] = DjangoJobExecution.objects.filter(job_id="twice")
+    assert row.pk == first.pk and row.task_id == done.task_id
+    assert row.status == DjangoJobExecution.SUCCESS
+    assert {run["task_id"] for run in runs(path)} == {done.task_id}
+
+
 # --- processes ----------------------------------------------------------------------
 
 
