@@ -765,6 +765,13 @@ class DjangoJobAdmin(admin.ModelAdmin):
             job_id = outcome.job_id
             if outcome.status is status.SUCCEEDED:
                 self.message_user(request, f"Executed job '{job_id}'!", messages.INFO)
+            elif outcome.status is status.HANDED_OFF:
+                self.message_user(
+                    request,
+                    f"Handed job '{job_id}' to a worker ({outcome.message}); its run is recorded "
+                    "in the job executions.",
+                    messages.INFO,
+                )
             elif outcome.status is status.FAILED:
                 self.message_user(
                     request, f"Job '{job_id}' raised an error: {outcome.message}", messages.ERROR
@@ -930,6 +937,8 @@ class StatusListFilter(admin.SimpleListFilter):
         DjangoJobExecution.MISSED,
         DjangoJobExecution.MAX_INSTANCES,
         DjangoJobExecution.INTERRUPTED,
+        DjangoJobExecution.QUEUED,
+        DjangoJobExecution.LOST,
     ]
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
@@ -958,9 +967,11 @@ class DjangoJobExecutionAdmin(admin.ModelAdmin):
         DjangoJobExecution.MISSED: "orange",
         DjangoJobExecution.ERROR: "red",
         DjangoJobExecution.INTERRUPTED: "darkred",
+        DjangoJobExecution.QUEUED: "purple",
+        DjangoJobExecution.LOST: "darkred",
     }
 
-    list_display = ["id", "job", "html_status", "local_run_time", "duration_text"]
+    list_display = ["id", "job", "html_status", "local_run_time", "duration_text", "ran_on"]
     list_filter = ["job__id", "run_time", StatusListFilter]
     list_select_related = ["job"]
 
@@ -987,6 +998,16 @@ class DjangoJobExecutionAdmin(admin.ModelAdmin):
     def local_run_time(self, obj: DjangoJobExecution) -> str:
         """The run time in ``APSCHEDULER_DATETIME_FORMAT``, in the current time zone."""
         return util.get_local_dt_format(obj.run_time)
+
+    @admin.display(description=_("Ran on"), ordering="instance")
+    def ran_on(self, obj: DjangoJobExecution) -> str:
+        """The process of the run (``host:pid:...``): a scheduler, or the worker of a task job.
+
+        A run handed to a worker and not started yet shows where it was queued.
+        """
+        if obj.status == DjangoJobExecution.QUEUED and obj.task_backend:
+            return f"{obj.task_backend} (task {obj.task_id or 'not enqueued yet'})"
+        return obj.instance or "-"
 
     @admin.display(description=_("Duration (sec)"), ordering="duration")
     def duration_text(self, obj: DjangoJobExecution) -> str:

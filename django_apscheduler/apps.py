@@ -8,7 +8,11 @@ class DjangoApschedulerConfig(AppConfig):
     verbose_name = "Django APScheduler"
 
     def ready(self) -> None:
-        from django_apscheduler import checks, conf, runner  # noqa: F401 (checks registers)
+        from django_apscheduler import checks, conf, handoff, runner  # noqa: F401 (checks registers)
+
+        # Workers (Django Tasks, Celery) have this app installed: their runs of
+        # handed-off fires are recorded through the engines' signals.
+        handoff.connect_worker_signals()
 
         if conf.get("APSCHEDULER_ALERT_AFTER_FAILURES") is not None:
             from django_apscheduler import alerts

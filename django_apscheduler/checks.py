@@ -97,3 +97,77 @@ def check_signed_jobs(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
             id="django_apscheduler.W002",
         )
     ]
+
+
+@checks.register()
+def check_declared_tasks(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One error per ``@scheduled_job`` on a task that cannot be handed off here.
+
+    Its engine (Django Tasks, Celery) is not installed or not configured, or
+    its backend or options are invalid: every fire would fail to enqueue.
+    """
+    from django_apscheduler import declared, handoff
+
+    found: list[checks.CheckMessage] = []
+    for declaration in declared.discover().values():
+        if not handoff.is_task(declaration.func):
+            continue
+        ref = handoff.TaskRef(handoff.engine_of(declaration.func).task_path(declaration.func))  # type: ignore[union-attr]
+        problem = handoff.task_problem(ref)
+        if problem:
+            found.append(
+                checks.Error(
+                    f"@scheduled_job {declaration.id!r}: {problem}",
+                    hint="See docs/workers.md for setting up Django Tasks or Celery.",
+                    id="django_apscheduler.E012",
+                )
+            )
+    return found
+
+
+@checks.register(checks.Tags.database)
+def check_stored_tasks(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """One warning per stored task job whose task cannot be handed off here.
+
+    Runs only when the checks are asked to use the database (``manage.py
+    check --database default``, ``migrate``). Only rows whose state names a
+    task reference are unpickled.
+    """
+    from django.db import DatabaseError, connections, router
+
+    from django_apscheduler import handoff
+    from django_apscheduler.models import DjangoJob, classify_job
+
+    using = router.db_for_read(DjangoJob)
+    if not databases or using not in databases:
+        return []
+    try:  # migrate runs the checks before it creates the tables
+        if DjangoJob._meta.db_table not in connections[using].introspection.table_names():
+            return []
+        rows = list(
+            DjangoJob.objects.using(using)
+            .unfinished()
+            .values_list("id", "job_state", "job_signature", "next_run_time")
+        )
+    except DatabaseError:
+        return []
+    found: list[checks.CheckMessage] = []
+    marker = handoff.REF_PREFIX.encode()
+    for job_id, state, signature, next_run_time in rows:
+        if marker not in bytes(state):
+            continue
+        # A broken row (its signature refused included) has no job: the admin
+        # and the store report those.
+        ref = handoff.job_task_ref(classify_job(job_id, state, signature, next_run_time).job)
+        problem = handoff.task_problem(ref) if ref is not None else None
+        if problem:
+            found.append(
+                checks.Warning(
+                    f"Stored job {job_id!r}: {problem}; its fires are logged Error!.",
+                    hint="See docs/workers.md for setting up Django Tasks or Celery.",
+                    id="django_apscheduler.W013",
+                )
+            )
+    return found

@@ -38,7 +38,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from django.db import router
 from django.utils import timezone
 
-from django_apscheduler import conf, declared, runner
+from django_apscheduler import conf, declared, handoff, runner
 from django_apscheduler.jobstores import DjangoJobStore, validate_job_id
 from django_apscheduler.models import DjangoJob, DjangoSchedulerInstance
 
@@ -134,7 +134,8 @@ def add_job(func: Callable[..., Any] | str, trigger: Any = None, **kwargs: Any) 
     if kwargs.get("id") is not None:
         validate_job_id(kwargs["id"])  # before APScheduler's own, unnamed, TypeError
     _check_executor(kwargs.get("id") or _name_of(func), kwargs.get("executor", "default"))
-    return scheduler().add_job(func, trigger, **kwargs)
+    # A Django Tasks or Celery task is handed to its workers at each fire (docs/workers.md).
+    return scheduler().add_job(handoff.as_job_function(func), trigger, **kwargs)
 
 
 def _name_of(func: Callable[..., Any] | str) -> str:

@@ -75,6 +75,9 @@ DEFAULTS: dict[str, Any] = {
     # Mail the admins (mail_admins) after this many consecutive failed runs of a
     # job, and when a job is overdue; one "recovered" mail follows. None: no mail.
     "APSCHEDULER_ALERT_AFTER_FAILURES": None,
+    # Seconds after its enqueue by which a fire handed to a task worker must have
+    # ended; one that has not is marked "Lost" (docs/workers.md).
+    "APSCHEDULER_HANDOFF_LOST_AFTER": 3600,
 }
 
 #: The job defaults of the schedulers this app builds, before APSCHEDULER_JOB_DEFAULTS.
@@ -230,6 +233,11 @@ def overdue_after_values() -> list[float]:
     return [float(v) for v in values if v is not None]
 
 
+def handoff_lost_after() -> float:
+    """``APSCHEDULER_HANDOFF_LOST_AFTER``: seconds a handed-off fire has to end before it is "Lost"."""
+    return _float("APSCHEDULER_HANDOFF_LOST_AFTER")
+
+
 def _number(name: str, *, minimum: float, allow_none: bool = False) -> str | None:
     value = get(name)
     if value is None and allow_none:
@@ -260,6 +268,7 @@ def problems() -> list[tuple[str, str, str]]:
     add(_number("APSCHEDULER_POLL_INTERVAL", minimum=0.05))
     add(_number("APSCHEDULER_LISTEN_POLL_INTERVAL", minimum=0.05))
     add(_number("APSCHEDULER_EXECUTION_RETENTION", minimum=1, allow_none=True))
+    add(_number("APSCHEDULER_HANDOFF_LOST_AFTER", minimum=1))
     for name, minimum in (
         ("APSCHEDULER_DISPATCH_BATCH_SIZE", 1),
         ("APSCHEDULER_THREADS", 1),

@@ -644,6 +644,11 @@ class Coordinator:
         )
         if dead:
             self._store._wake_scheduler()
+        from django_apscheduler import handoff  # at call time: handoff imports executions
+
+        self._housekeeping_run(
+            lambda: handoff.sweep(self.instance_id), "enqueue or mark lost hand-offs"
+        )
 
     def _report_overdue(self) -> None:
         """Report the overdue jobs no scheduler reported yet (see :mod:`overdue`).

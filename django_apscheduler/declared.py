@@ -61,6 +61,13 @@ class Declaration:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def job_function(self) -> Any:
+        """What is stored as the job's function: ``func``, or the reference naming its task."""
+        from django_apscheduler import handoff
+
+        return handoff.as_job_function(self.func)
+
+    @property
     def fingerprint(self) -> str:
         """A digest of this definition, the same in every process that declares it alike.
 
@@ -118,12 +125,18 @@ def scheduled_job(trigger: str | Any, *, id: str | None = None, **kwargs: Any) -
     trigger_args = {k: v for k, v in kwargs.items() if k not in option_names}
 
     def register(func: F) -> F:
-        if "<locals>" in func.__qualname__ or not func.__module__:
+        from django_apscheduler import handoff
+
+        if handoff.is_task(func):
+            # A Django Tasks Task or a Celery task (@scheduled_job over @task or
+            # @shared_task): each fire is handed to the task's workers.
+            pass
+        elif "<locals>" in func.__qualname__ or not func.__module__:
             raise ImproperlyConfigured(
                 f"@scheduled_job: {func.__qualname__} must be defined at module level, so "
                 "schedulers in other processes can import it."
             )
-        job_id = id or f"{func.__module__}.{func.__qualname__}"
+        job_id = id or _path(func)
         declaration = Declaration(job_id, func, trigger, trigger_args, options)
         with _lock:
             existing = _registry.get(job_id)
@@ -139,6 +152,12 @@ def scheduled_job(trigger: str | Any, *, id: str | None = None, **kwargs: Any) -
 
 
 def _path(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function; a task's import path for a task."""
+    from django_apscheduler import handoff
+
+    engine = handoff.engine_of(func)
+    if engine is not None:
+        return engine.task_path(func)
     return f"{func.__module__}.{func.__qualname__}"
 
 
@@ -303,7 +322,7 @@ def sync(
                 continue
             declaration = declarations[job_id]
             scheduler.add_job(
-                declaration.func,
+                declaration.job_function,
                 declaration.trigger,
                 id=declaration.id,
                 jobstore=jobstore,

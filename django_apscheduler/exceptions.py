@@ -107,3 +107,20 @@ class DeclaredJobError(DjangoApschedulerError, ValueError):
             f"`manage.py apscheduler pause {job_id}`), or delete its @scheduled_job "
             "declaration: the job is then removed by itself."
         )
+
+
+class TaskHandoffError(DjangoApschedulerError, ValueError):
+    """A job whose task cannot be handed to a worker; the message names the job and the problem.
+
+    Raised when the job is added: its engine is not installed or not
+    configured, an option is invalid, or an argument would not survive the
+    engine's serialisation (see docs/workers.md).
+    """
+
+    def __init__(self, job_id: str | None, problem: str) -> None:
+        self.job_id = job_id
+        self.problem = problem
+        if job_id is None:
+            super().__init__(f"Cannot hand off: {problem}.")
+        else:
+            super().__init__(f"Job {job_id!r} cannot be handed to a worker: {problem}.")

@@ -690,6 +690,10 @@ def make_listener(
     def listener(event: JobSubmissionEvent | JobExecutionEvent) -> None:
         if event.jobstore != jobstore_alias():
             return
+        if event.code not in (EVENT_JOB_MISSED, EVENT_JOB_MAX_INSTANCES) and handoff.handed_off(
+            event.job_id
+        ):
+            return  # a fire handed to a worker: its row is written by the hand-off and the worker
         try:
             started = pop_start(event.job_id, getattr(event, "scheduled_run_time", None))
             records = records_from_event(event, started)
@@ -708,3 +712,7 @@ def make_listener(
             logger.exception("Could not record event %r of job %r", event, event.job_id)
 
     return listener
+
+
+# At the bottom to avoid a circular import: handoff records through this module.
+from django_apscheduler import handoff  # noqa: E402

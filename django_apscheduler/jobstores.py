@@ -37,6 +37,7 @@ from django_apscheduler import (
     coordination,
     db,
     executions,
+    handoff,
     internals,
     signing,
     util,
@@ -621,7 +622,13 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 # executor there): released at once, not with this round's others.
                 unusable.append(claim.job_id)
                 continue
-            executions.instrument(job, self._awaits_coroutines(job.executor))
+            if handoff.job_task_ref(job) is not None:
+                # A task: this fire is handed to a worker, not run here.
+                handoff.note_dispatch(job.id, True)
+                handoff.instrument(job, lambda: self._coordinator.instance_id)
+            else:
+                handoff.note_dispatch(job.id, False)
+                executions.instrument(job, self._awaits_coroutines(job.executor))
             jobs.append(job)
         if unusable:
             self._coordinator.release_now(unusable)
@@ -683,6 +690,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
     def add_job(self, job: Job) -> DjangoJob:
         validate_job_id(job.id)  # one clear error on every database, before any write
+        handoff.check_job(job)
         state = self._state(job)
         signature = signing.sign(job.id, state)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
@@ -745,6 +753,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return
         replacing = getattr(self._replacing, "job", None) is job
         self._replacing.job = None
+        handoff.check_job(job)
         state = self._state(job)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
         using = self._db

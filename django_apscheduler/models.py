@@ -557,6 +557,69 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             transaction.on_commit(send, using=using)
         return count
 
+    # --- runs handed to task workers (see ``handoff``) ---
+
+    def unpublished(self) -> DjangoJobExecutionQuerySet:
+        """Hand-offs recorded "Queued" whose task was not (yet) enqueued."""
+        return self.filter(status=DjangoJobExecution.QUEUED, handed_off_at__isnull=True)
+
+    def unfinished_handoffs(self, enqueued_before: datetime) -> DjangoJobExecutionQuerySet:
+        """Hand-offs without a final status, enqueued (or, never noted so, due) before the time.
+
+        A hand-off never noted as enqueued by a scheduler that lives on (the
+        note failed) counts from its run time.
+        """
+        return self.filter(
+            Q(handed_off_at__lt=enqueued_before)
+            | Q(
+                handed_off_at__isnull=True,
+                run_time__lt=util.get_django_internal_datetime(enqueued_before),
+            ),
+            status__in=[DjangoJobExecution.QUEUED, DjangoJobExecution.SENT],
+            task_backend__isnull=False,
+        )
+
+    def of_task(self, task_id: str) -> DjangoJobExecutionQuerySet:
+        """The run handed off as the task ``task_id``."""
+        return self.filter(task_id=task_id)
+
+    def mark_started(self, worker: str) -> int:
+        """Mark the selected hand-offs "Started execution" on ``worker`` (host:pid); return how many.
+
+        Only a run still "Queued" (or taken for "Lost") changes, so a second
+        delivery of the same task never moves a run back from its end.
+        """
+        return self.filter(status__in=[DjangoJobExecution.QUEUED, DjangoJobExecution.LOST]).update(
+            status=DjangoJobExecution.SENT, instance=worker
+        )
+
+    def note_enqueued(self, task_id: str, backend: str) -> int:
+        """Note on the selected hand-offs that their task was enqueued as ``task_id``."""
+        return self.update(
+            task_id=task_id, task_backend=backend, handed_off_at=timezone.now(), task_call=None
+        )
+
+    def fail_handoff(self, reason: str) -> int:
+        """Mark the selected hand-offs "Error!": their task could not be enqueued (``reason``)."""
+        from django_apscheduler import executions
+
+        return self.update(
+            status=DjangoJobExecution.ERROR,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+            task_call=None,
+        )
+
+    def mark_lost(self, reason: str) -> int:
+        """Mark the selected runs "Lost" with ``reason``; return how many."""
+        from django_apscheduler import executions
+
+        return self.update(
+            status=DjangoJobExecution.LOST,
+            exception=reason[: executions.EXCEPTION_MAX_LENGTH],
+            finished=executions.decimal_seconds(executions.now_epoch()),
+        )
+
 
 class DjangoJobExecutionManager(
     models.Manager.from_queryset(DjangoJobExecutionQuerySet)  # type: ignore[misc]
@@ -597,10 +660,14 @@ class DjangoJobExecution(models.Model):
     MAX_INSTANCES = "Max instances!"
     ERROR = "Error!"
     INTERRUPTED = "Interrupted"
+    #: Handed to a task worker (Django Tasks, Celery): see ``handoff``.
+    QUEUED = "Queued"
+    #: Handed to a task worker that never reported its end in time.
+    LOST = "Lost"
 
-    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS, INTERRUPTED]]
+    STATUS_CHOICES = [(x, x) for x in [SENT, ERROR, SUCCESS, INTERRUPTED, QUEUED, LOST]]
     #: The statuses of runs that failed (counted as failures by the admin).
-    FAILURE_STATUSES = (ERROR, INTERRUPTED)
+    FAILURE_STATUSES = (ERROR, INTERRUPTED, LOST)
 
     id = models.BigAutoField(primary_key=True, help_text=_("Unique ID for this job execution."))
     job = models.ForeignKey(
@@ -646,6 +713,28 @@ class DjangoJobExecution(models.Model):
         db_index=True,
         help_text=_("The scheduler instance that submitted this run."),
     )
+    # Runs handed to a task worker (see ``handoff``); NULL for runs in the scheduler.
+    task_backend = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        help_text=_("The task engine and backend or queue this run was handed to."),
+    )
+    task_id = models.CharField(
+        max_length=255,
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text=_("The id of the task this run was handed off as."),
+    )
+    handed_off_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_("When the task was enqueued (empty: not enqueued yet)."),
+    )
+    # Kept from the "Queued" commit to the enqueue, so another scheduler can enqueue
+    # it if this one dies in between: the pickled task reference and arguments.
+    task_call = models.BinaryField(null=True, editable=False)
 
     objects = DjangoJobExecutionManager()
 
@@ -654,6 +743,9 @@ class DjangoJobExecution(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job_id", "run_time"], name="unique_job_executions")
         ]
+        # The sweep of hand-offs (``handoff.sweep``) looks for the few runs still
+        # "Queued" or "Started execution" at every housekeeping round.
+        indexes = [models.Index(fields=["status", "handed_off_at"], name="dja_execution_handoff")]
 
     def __str__(self) -> str:
         return f"{self.id}: job '{self.job_id}' ({self.status})"

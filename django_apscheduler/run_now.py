@@ -31,7 +31,7 @@ from apscheduler.job import Job
 from django.db import connections, router
 from django.utils import timezone
 
-from django_apscheduler import conf, executions
+from django_apscheduler import conf, executions, handoff
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, classify_job
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class RunStatus(str, enum.Enum):
     FINISHED = "finished"
     #: The row cannot be turned back into a job; ``message`` gives the reason.
     BROKEN = "broken"
+    #: A task job: its task was enqueued for a worker; ``message`` names where and its id.
+    HANDED_OFF = "handed_off"
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,26 @@ def _run_one(job: Job, run_time: datetime, execution_id: int | None) -> JobRunOu
             logger.exception("Could not close the database connections of a run-now thread")
 
 
+def _hand_off(job: Job, run_time: datetime) -> JobRunOutcome:
+    """Hand a task job's run to its worker (recorded "Queued" first), not run it here."""
+    ref = handoff.job_task_ref(job)
+    assert ref is not None
+    try:
+        done = handoff.hand_off(job.id, run_time, ref, job.args, job.kwargs)
+    except Exception as exc:
+        logger.warning("Job %r could not be handed off now: %s", job.id, _describe(exc))
+        return JobRunOutcome(job.id, RunStatus.FAILED, _describe(exc))
+    if done is None:
+        return JobRunOutcome(job.id, RunStatus.FAILED, "the task could not be enqueued")
+    logger.info("Job %r handed to %s as task %s", job.id, done.backend, done.task_id)
+    return JobRunOutcome(
+        job.id,
+        RunStatus.HANDED_OFF,
+        f"{done.backend}, task {done.task_id}",
+        execution_id=done.execution_id,
+    )
+
+
 def run_jobs_now(job_ids: Iterable[str], timeout: float | None = None) -> list[JobRunOutcome]:
     """Run the stored jobs ``job_ids`` once, now, and return one outcome per job, in order.
 
@@ -194,8 +216,11 @@ def run_jobs_now(job_ids: Iterable[str], timeout: float | None = None) -> list[J
     if timeout is None:
         timeout = conf.run_now_timeout()
     jobs, outcomes = _load(ids)
+    run_time = timezone.now()
+    for job in [job for job in jobs if handoff.job_task_ref(job) is not None]:
+        jobs.remove(job)
+        outcomes[job.id] = _hand_off(job, run_time)
     if jobs:
-        run_time = timezone.now()
         sent = [
             executions.Record(job.id, run_time, DjangoJobExecution.SENT, event="job_submitted")
             for job in jobs

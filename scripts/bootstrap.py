@@ -43,6 +43,14 @@ def django_requirement(spec: str) -> str:
     return spec if spec.lower().startswith("django") else f"Django{spec}"
 
 
+def default_extras(spec: str) -> str:
+    """``test``, plus ``tasks`` where django-tasks-db installs (it needs Django 5.2 or later)."""
+    match = re.fullmatch(r"(\d+)(?:\.(\d+))?", spec)
+    if match and (int(match.group(1)), int(match.group(2) or 0)) < (5, 2):
+        return "test"
+    return "test,tasks"
+
+
 def stamp_text(requirements: list[str]) -> str:
     digest = hashlib.sha256()
     for name in PACKAGING_FILES:
@@ -132,8 +140,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", required=True, type=Path, help="environment directory")
     parser.add_argument("--django", required=True, help='Django series ("5.2", "6") or spec')
-    parser.add_argument("--extras", default="test", help="extras of the package to install")
+    parser.add_argument(
+        "--extras",
+        default=None,
+        help='extras of the package to install (default "test", plus "tasks" on Django 5.2+)',
+    )
     args = parser.parse_args()
+    if args.extras is None:
+        args.extras = default_extras(args.django)
 
     path = args.venv if args.venv.is_absolute() else ROOT / args.venv
     package = f".[{args.extras}]" if args.extras else "."

@@ -197,7 +197,8 @@ def main(config: dict[str, Any]) -> None:
         if spec["trigger"] == "interval" and spec.get("start") is None:
             spec = {**spec, "start": config["start"]}
         scheduler.add_job(
-            getattr(module, spec.get("func", "noop")),
+            # "ref": a text reference, such as a task's (django_apscheduler.handoff.task_ref).
+            spec["ref"] if "ref" in spec else getattr(module, spec.get("func", "noop")),
             _trigger(spec),
             id=spec["id"],
             args=spec.get("args", []),

@@ -5,6 +5,7 @@ default, a file so that other processes can share it), ``postgres`` or
 ``mariadb``. ``DJANGO_APSCHEDULER_TEST_DB_SUFFIX`` keeps parallel runs apart.
 """
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -74,6 +75,23 @@ TEMPLATES = [
         },
     }
 ]
+
+# Fires handed to task workers (docs/workers.md, tests/test_handoff*.py): Django Tasks with
+# django-tasks-db's database backend, where installed (Django 5.2+), and Celery on Redis.
+# Neither changes anything for jobs that are no tasks.
+if importlib.util.find_spec("django_tasks_db") is not None:
+    if importlib.util.find_spec("django.tasks") is None:
+        INSTALLED_APPS.append("django_tasks")  # the backport (Django < 6)
+    INSTALLED_APPS.append("django_tasks_db")
+    TASKS = {
+        "default": {
+            "BACKEND": "django_tasks_db.DatabaseBackend",
+            "QUEUES": ["default", "reports"],
+        }
+    }
+CELERY_BROKER_URL = os.environ.get("DJANGO_APSCHEDULER_TEST_REDIS", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 LOGGING = {
     "version": 1,

@@ -50,6 +50,9 @@ def test_status_values():
         ("Error!", "Error!"),
         ("Executed", "Executed"),
         ("Interrupted", "Interrupted"),
+        # Runs handed to task workers (issue 13): "Queued", then "Lost" if never ended.
+        ("Queued", "Queued"),
+        ("Lost", "Lost"),
     ]
     assert isinstance(DjangoJobExecution.objects, DjangoJobExecutionManager)
 

@@ -53,6 +53,7 @@ NEW_MIGRATIONS = [
     "0013_djangojob_job_signature",
     "0014_djangojob_pause_note",
     "0015_observability",
+    "0016_handoff",
 ]
 ADDED = (
     "acquired_by",
@@ -65,6 +66,12 @@ ADDED = (
     "pause_note",
     "overdue_reported",
     "alert_open_since",
+    # 0016: runs handed to task workers
+    "task_backend",
+    "task_id",
+    "handed_off_at",
+    "task_call",
+    "dja_execution_handoff",
 )
 
 #: Bounds on the subprocesses (not speed checks).
@@ -391,7 +398,8 @@ def _without_added(schema: dict) -> dict:
             # MySQL's SHOW CREATE TABLE has one line per column and key.
             value = re.sub(
                 r', "(acquired_by|acquired_until|version|instance|declared_in_code'
-                r'|job_signature|pause_note|overdue_reported|alert_open_since)" '
+                r"|job_signature|pause_note|overdue_reported|alert_open_since"
+                r'|task_backend|task_id|handed_off_at|task_call)" '
                 r'.*?(?=, "|, CONSTRAINT |\)$)',
                 "",
                 value,

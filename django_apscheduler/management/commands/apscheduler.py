@@ -328,7 +328,8 @@ class Command(BaseCommand):
                 )
             if outcome.message:
                 text += f" ({outcome.message})"
-            if outcome.succeeded:
+            # A task job's run is handed to a worker: done here once it is enqueued.
+            if outcome.succeeded or outcome.status is run_now.RunStatus.HANDED_OFF:
                 self.stdout.write(text)
             else:
                 self.stderr.write(text)

@@ -1,0 +1,357 @@
+"""Issue 13, in one process: task jobs, the "Queued" row before the enqueue, the sweep.
+
+No worker runs here (tests/test_handoff_workers.py starts real ones): these
+tests check what the scheduler side writes and enqueues, on the real
+database, with Django Tasks' database backend (its queue is a table) and, for
+what needs no broker, Celery.
+"""
+
+from __future__ import annotations
+
+import pickle
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from apscheduler.util import ref_to_obj
+from django.core import checks
+from django.test.utils import override_settings
+from django.utils import timezone as dj_timezone
+
+from django_apscheduler import client, declared, handoff, tasks_celery, util
+from django_apscheduler.exceptions import TaskHandoffError
+from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+from django_apscheduler.run_now import RunStatus, run_jobs_now
+from tests import handoff_tasks
+from tests.helpers import wait_until
+
+UTC = timezone.utc
+HAS_TASKS_DB = handoff_tasks.HAS_TASKS_DB
+needs_tasks_db = pytest.mark.skipif(
+    not HAS_TASKS_DB, reason="django-tasks-db needs Django 5.2 or later (extra 'tasks')"
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def task_results():
+    from django_tasks_db.models import DBTaskResult
+
+    return DBTaskResult.objects.all()
+
+
+# --- references ---------------------------------------------------------------------
+
+
+def test_a_celery_task_reference_is_text_that_resolves_to_the_task():
+    ref = handoff.task_ref(handoff_tasks.celery_note, queue="q.1", priority=3)
+    assert (
+        ref
+        == "django_apscheduler.handoff:task.tests.handoff_tasks.celery_note.@priority=3&queue=q%2E1"
+    )
+    resolved = ref_to_obj(ref)
+    assert isinstance(resolved, handoff.TaskRef)
+    assert resolved.options == {"queue": "q.1", "priority": 3}
+    assert resolved.resolve()[0].name == handoff_tasks.celery_note.name
+    assert handoff.task_ref("tests.handoff_tasks:celery_note") == handoff.task_ref(
+        handoff_tasks.celery_note
+    )
+
+
+def test_task_ref_refuses_what_is_not_a_task():
+    with pytest.raises(TypeError, match="not a Django Tasks Task nor a Celery task"):
+        handoff.task_ref(print)
+    with pytest.raises(TypeError, match="unknown options colour"):
+        handoff.task_ref(handoff_tasks.celery_note, colour="red")
+
+
+def test_celery_task_ids_are_derived_from_job_and_run_time():
+    run_time = datetime(2030, 1, 1, tzinfo=UTC)
+    first = tasks_celery.derived_task_id("job", run_time)
+    assert first == tasks_celery.derived_task_id("job", run_time)
+    assert first.startswith(tasks_celery.TASK_ID_PREFIX)
+    assert first != tasks_celery.derived_task_id("job", run_time + timedelta(seconds=1))
+    assert first != tasks_celery.derived_task_id("other", run_time)
+
+
+# --- refused at add_job ---------------------------------------------------------------
+
+
+def test_a_celery_task_as_the_function_itself_is_refused_naming_the_way(make_scheduler):
+    scheduler = make_scheduler()
+    with pytest.raises(TaskHandoffError, match="'direct'.*would run in the scheduler.*task_ref"):
+        scheduler.add_job(handoff_tasks.celery_note, "interval", hours=1, id="direct", args=["x"])
+    assert not DjangoJob.objects.filter(id="direct").exists()
+
+
+def test_an_argument_celery_cannot_send_is_refused_naming_job_and_argument(make_scheduler):
+    scheduler = make_scheduler()
+    with pytest.raises(TaskHandoffError, match=r"'bad-arg'.*args\[1\].*json"):
+        scheduler.add_job(
+            handoff.task_ref(handoff_tasks.celery_note),
+            "interval",
+            hours=1,
+            id="bad-arg",
+            args=["x", object()],
+        )
+    assert not DjangoJob.objects.filter(id="bad-arg").exists()
+
+
+@needs_tasks_db
+def test_an_argument_json_changes_is_refused_for_django_tasks(make_scheduler):
+    scheduler = make_scheduler()
+    with pytest.raises(TaskHandoffError, match=r"'sets'.*kwargs\['tag'\]"):
+        client.add_job(
+            handoff_tasks.tasks_note,
+            "interval",
+            hours=1,
+            id="sets",
+            args=["x"],
+            kwargs={"tag": {1}},
+        )
+    assert not DjangoJob.objects.filter(id="sets").exists()
+    del scheduler
+
+
+@needs_tasks_db
+def test_a_backend_that_is_not_configured_is_refused_at_add_job():
+    with pytest.raises(TaskHandoffError, match="'nowhere'.*backend 'missing'.*TASKS"):
+        client.add_job(
+            handoff.task_ref(handoff_tasks.tasks_note, backend="missing"),
+            "interval",
+            hours=1,
+            id="nowhere",
+            args=["x"],
+        )
+    assert not DjangoJob.objects.filter(id="nowhere").exists()
+
+
+def test_a_celery_app_without_broker_is_refused(monkeypatch):
+    monkeypatch.setattr(handoff_tasks.celery_note.app.conf, "broker_url", None)
+    with pytest.raises(TaskHandoffError, match="'no-broker'.*without a broker"):
+        client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="no-broker", args=["x"])
+
+
+# --- the hand-off ---------------------------------------------------------------------
+
+
+@needs_tasks_db
+def test_a_task_job_is_stored_by_reference_and_survives_a_restart():
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="stored", args=["p"])
+    state = pickle.loads(bytes(DjangoJob.objects.get(id="stored").job_state))
+    assert state["func"] == "django_apscheduler.handoff:task.tests.handoff_tasks.tasks_note"
+    job = client.get_job("stored")  # restored from the row, as a restarted process does
+    assert handoff.job_task_ref(job).resolve()[0] == handoff_tasks.tasks_note
+
+
+@needs_tasks_db
+def test_hand_off_commits_queued_then_enqueues_once(tmp_path):
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="once", args=["p"])
+    ref = handoff.job_task_ref(client.get_job("once"))
+    run_time = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    done = handoff.hand_off("once", run_time, ref, ["p"], {}, instance="me")
+    assert done is not None
+    row = DjangoJobExecution.objects.get(job_id="once")
+    assert row.status == DjangoJobExecution.QUEUED
+    assert row.task_backend == "django-tasks:default"
+    assert row.handed_off_at is not None
+    assert row.task_id == done.task_id == str(task_results().get().id)
+    # Another scheduler, or a retry, for the same fire: nothing more is enqueued.
+    assert handoff.hand_off("once", run_time, ref, ["p"], {}, instance="other") is None
+    assert task_results().count() == 1
+    assert DjangoJobExecution.objects.filter(job_id="once").count() == 1
+
+
+@needs_tasks_db
+def test_a_scheduler_hands_fires_off_and_never_runs_the_task(make_scheduler, tmp_path):
+    path = tmp_path / "runs.jsonl"
+    scheduler = make_scheduler()
+    scheduler.add_job(
+        handoff.task_ref(handoff_tasks.tasks_note, queue="reports"),
+        "date",
+        run_date=dj_timezone.now(),
+        id="fire",
+        args=[str(path)],
+        misfire_grace_time=60,
+    )
+    row = wait_until(
+        lambda: DjangoJobExecution.objects.filter(
+            job_id="fire", handed_off_at__isnull=False
+        ).first(),
+        timeout=60,
+    )
+    scheduler.shutdown()
+    assert row.status == DjangoJobExecution.QUEUED  # no worker here: not "Executed"
+    assert not path.exists()  # the scheduler did not run it
+    result = task_results().get()
+    assert str(result.id) == row.task_id and result.queue_name == "reports"
+    assert DjangoJobExecution.objects.filter(job_id="fire").count() == 1
+
+
+def test_an_enqueue_that_fails_marks_the_fire_error_naming_the_broker_error(tmp_path):
+    client.add_job(handoff_tasks.celery_unreachable, "interval", hours=1, id="down", args=["p"])
+    ref = handoff.job_task_ref(client.get_job("down"))
+    run_time = datetime(2030, 1, 1, tzinfo=UTC)
+    assert handoff.hand_off("down", run_time, ref, ["p"], {}) is None
+    row = DjangoJobExecution.objects.get(job_id="down")
+    assert row.status == DjangoJobExecution.ERROR and row.handed_off_at is None
+    assert row.exception.startswith("Could not hand the fire to celery:celery: ")
+    assert row.task_call is None
+    assert handoff.sweep("me") == (0, 0)  # an error is final: not enqueued again
+
+
+@needs_tasks_db
+def test_run_now_hands_a_task_job_off(tmp_path):
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="now", args=["p"])
+    [outcome] = run_jobs_now(["now"])
+    assert outcome.status is RunStatus.HANDED_OFF
+    row = DjangoJobExecution.objects.get(job_id="now")
+    assert row.status == DjangoJobExecution.QUEUED and row.pk == outcome.execution_id
+    assert row.task_id in outcome.message and task_results().count() == 1
+
+
+@pytest.fixture
+def declared_task():
+    """``@scheduled_job`` stacked on a ``@task``, declared for this test only."""
+    saved = dict(declared._registry)
+    declared.scheduled_job("interval", hours=1, id="handoff-declared", args=["/dev/null"])(
+        handoff_tasks.tasks_report
+    )
+    yield
+    declared._registry.clear()
+    declared._registry.update(saved)
+
+
+@needs_tasks_db
+def test_the_run_command_hands_a_task_job_off():
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="cmd", args=["p"])
+    out = StringIO()
+    call_command("apscheduler", "run", "cmd", stdout=out)
+    row = DjangoJobExecution.objects.get(job_id="cmd")
+    assert out.getvalue().startswith("cmd: handed_off (django-tasks:default, task ")
+    assert row.status == DjangoJobExecution.QUEUED and row.task_id in out.getvalue()
+
+
+@needs_tasks_db
+def test_declared_job_on_a_task_is_synced_as_a_reference(make_scheduler, declared_task):
+    declaration = declared.discover()["handoff-declared"]
+    scheduler = make_scheduler(start=False)
+    scheduler.start(paused=True)
+    declared.sync(scheduler, declarations={"handoff-declared": declaration})
+    state = pickle.loads(bytes(DjangoJob.objects.get(id="handoff-declared").job_state))
+    assert state["func"] == "django_apscheduler.handoff:task.tests.handoff_tasks.tasks_report"
+    assert not [m for m in checks.run_checks() if m.id == "django_apscheduler.E012"]
+
+
+@needs_tasks_db
+def test_the_system_check_reports_a_declared_task_without_backend(declared_task):
+    tasks = {"other": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    with override_settings(TASKS=tasks):
+        found = [m for m in checks.run_checks() if m.id == "django_apscheduler.E012"]
+    assert found and "handoff-declared" in found[0].msg and "TASKS" in found[0].msg
+
+
+def test_a_stored_task_job_whose_task_is_gone_is_reported_and_its_fires_fail(settings):
+    client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="gone", args=["p"])
+    row = DjangoJob.objects.get(id="gone")
+    state = pickle.loads(bytes(row.job_state))
+    state["func"] = handoff.task_ref("tests.handoff_tasks.no_such_task")
+    DjangoJob.objects.filter(id="gone").update(job_state=pickle.dumps(state))
+    found = [
+        m for m in checks.run_checks(databases=["default"]) if m.id == "django_apscheduler.W013"
+    ]
+    assert len(found) == 1 and "'gone'" in found[0].msg and "no_such_task" in found[0].msg
+    ref = handoff.job_task_ref(client.get_job("gone"))
+    assert handoff.hand_off("gone", dj_timezone.now(), ref, ["p"], {}) is None
+    fire = DjangoJobExecution.objects.get(job_id="gone")
+    assert fire.status == DjangoJobExecution.ERROR and "no_such_task" in fire.exception
+
+
+# --- the sweep ------------------------------------------------------------------------
+
+
+def _queued_row(job_id: str, instance: str | None, run_time: datetime) -> DjangoJobExecution:
+    return DjangoJobExecution.objects.create(
+        job_id=job_id,
+        run_time=util.get_django_internal_datetime(run_time),
+        status=DjangoJobExecution.QUEUED,
+        instance=instance,
+        task_backend="django-tasks:default",
+        task_call=pickle.dumps((handoff.task_ref("tests.handoff_tasks.tasks_note"), ("p",), {})),
+    )
+
+
+@needs_tasks_db
+def test_the_sweep_enqueues_what_a_dead_scheduler_left_unpublished():
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="orphan", args=["p"])
+    now = dj_timezone.now()
+    DjangoSchedulerInstance.objects.create(
+        id="alive", host="h", pid=1, started=now, last_heartbeat=now
+    )
+    dead = _queued_row("orphan", "dead:1:x", now - timedelta(seconds=1))
+    live = _queued_row("orphan", "alive", now - timedelta(seconds=2))
+    assert handoff.sweep("sweeper") == (1, 0)
+    dead.refresh_from_db()
+    live.refresh_from_db()
+    assert dead.handed_off_at is not None and dead.task_id == str(task_results().get().id)
+    assert dead.instance == "sweeper"
+    assert live.handed_off_at is None  # its scheduler lives: it enqueues it itself
+    assert handoff.sweep("another") == (0, 0)  # never twice
+    assert task_results().count() == 1
+
+
+@needs_tasks_db
+def test_a_scheduler_taken_for_dead_enqueues_nothing_after_the_sweep():
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="slow", args=["p"])
+    row = _queued_row("slow", "slow:1:x", dj_timezone.now() - timedelta(seconds=1))
+    assert handoff.sweep("sweeper") == (1, 0)
+    # The "dead" scheduler wakes up and goes on with its hand-off.
+    task, engine = handoff.TaskRef("tests.handoff_tasks.tasks_note").resolve()
+    handoff.publish(row.pk, task, engine, {}, ("p",), {}, None, "slow:1:x")
+    assert task_results().count() == 1
+
+
+def test_a_row_taken_over_is_not_published_by_its_first_owner():
+    client.add_job(handoff_tasks.celery_unreachable, "interval", hours=1, id="taken", args=["p"])
+    row = _queued_row("taken", "sweeper", dj_timezone.now())
+    task, engine = handoff.TaskRef("tests.handoff_tasks.celery_unreachable").resolve()
+    # Enqueueing would fail (nobody listens) and mark the row Error!: it is not tried.
+    assert handoff.publish(row.pk, task, engine, {}, ("p",), {}, "id", "first:1:x") is None
+    row.refresh_from_db()
+    assert row.status == DjangoJobExecution.QUEUED and row.instance == "sweeper"
+
+
+def test_the_sweep_marks_overdue_hand_offs_lost():
+    client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="late", args=["p"])
+    old = dj_timezone.now() - timedelta(hours=2)
+    rows = [_queued_row("late", "x", old - timedelta(seconds=i)) for i in range(3)]
+    DjangoJobExecution.objects.filter(pk=rows[0].pk).update(handed_off_at=old)
+    DjangoJobExecution.objects.filter(pk=rows[1].pk).update(
+        handed_off_at=old, status=DjangoJobExecution.SENT
+    )
+    DjangoJobExecution.objects.filter(pk=rows[2].pk).update(
+        handed_off_at=dj_timezone.now(), status=DjangoJobExecution.SENT
+    )
+    # Never noted as enqueued by a scheduler that lives on: counted from its run time.
+    now = dj_timezone.now()
+    DjangoSchedulerInstance.objects.create(
+        id="alive", host="h", pid=1, started=now, last_heartbeat=now
+    )
+    unnoted = _queued_row("late", "alive", old - timedelta(seconds=9))
+    recent = _queued_row("late", "alive", now)
+    local = DjangoJobExecution.objects.create(
+        job_id="late", run_time=old - timedelta(seconds=8), status=DjangoJobExecution.SENT
+    )
+    with override_settings(APSCHEDULER_HANDOFF_LOST_AFTER=60):
+        assert handoff.sweep("me") == (0, 3)
+    statuses = {r.pk: r for r in DjangoJobExecution.objects.all()}
+    assert statuses[rows[0].pk].status == DjangoJobExecution.LOST
+    assert "APSCHEDULER_HANDOFF_LOST_AFTER" in statuses[rows[0].pk].exception
+    assert statuses[rows[1].pk].status == DjangoJobExecution.LOST
+    assert statuses[rows[2].pk].status == DjangoJobExecution.SENT  # still within its time
+    assert statuses[unnoted.pk].status == DjangoJobExecution.LOST
+    assert statuses[recent.pk].status == DjangoJobExecution.QUEUED
+    assert statuses[local.pk].status == DjangoJobExecution.SENT  # a run in a scheduler: not ours
