@@ -202,6 +202,7 @@ def insert_jobs(
     Due rows are one-shot date jobs due a second ago; the others repeat daily
     and are next due between one hour and one day from now.
     """
+    from django_apscheduler import signing
     from django_apscheduler.models import DjangoJob
 
     now = datetime.now(UTC).replace(microsecond=0)
@@ -215,10 +216,11 @@ def insert_jobs(
         else:
             when = now + timedelta(hours=1, seconds=i % 82800)
             trigger = daily
+        state = _state(job_id, func, trigger, when, args)
+        # Signed, as the store signs what it writes: an unsigned row is never run.
+        signature = signing.sign(job_id, state)
         batch.append(
-            DjangoJob(
-                id=job_id, next_run_time=when, job_state=_state(job_id, func, trigger, when, args)
-            )
+            DjangoJob(id=job_id, next_run_time=when, job_state=state, job_signature=signature)
         )
         if len(batch) >= 2000:
             DjangoJob.objects.bulk_create(batch)
