@@ -42,7 +42,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from django.db import connections
 from django.utils import timezone
@@ -50,10 +50,10 @@ from django.utils import timezone
 from django_apscheduler import backends, conf, db, overdue, runlocks, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 
-if TYPE_CHECKING:
-    from django_apscheduler.jobstores import DjangoJobStore
-
 logger = logging.getLogger(__name__)
+
+#: Seconds between two looks for overdue jobs and lost hand-offs (at least the lease time).
+SLOW_HOUSEKEEPING_INTERVAL = 30.0
 
 #: Seconds a housekeeping statement (heartbeat, poll, release) may keep retrying.
 HOUSEKEEPING_RETRY_TIMEOUT = 5.0
@@ -190,17 +190,24 @@ def lock_free_ids(rows: Any, using: str) -> list[str]:
     return list(backend.lock_unclaimed(rows.order_by("id"), using).values_list("id", flat=True))
 
 
-def release(using: str, instance: str, job_ids: Iterable[str]) -> set[str]:
-    """Give up ``instance``'s claims on ``job_ids``; return the ids left for later (rows locked).
+def release(
+    using: str, instance: str, job_ids: Iterable[str], renewed_before: datetime | None = None
+) -> set[str]:
+    """Give up ``instance``'s claims on ``job_ids``; return the ids left for later.
 
-    Claims taken over by others stay as they are.
+    Left for later: rows another session keeps locked, and, with
+    ``renewed_before``, claims taken or renewed at that time or after. Claims
+    taken over by others stay as they are.
     """
     ids = list(job_ids)
     if not ids:
         return set()
     with backends.for_alias(using).write_transaction(using):
         ours = DjangoJob.objects.using(using).held_by(instance).filter(id__in=ids)
-        free = lock_free_ids(ours, using)
+        releasable = ours
+        if renewed_before is not None:
+            releasable = ours.filter(acquired_until__lt=renewed_before + lease_time())
+        free = lock_free_ids(releasable, using)
         if free:
             DjangoJob.objects.using(using).filter(id__in=free).release()
         if len(free) == len(ids):
@@ -252,6 +259,46 @@ def reap_dead_instances(using: str, alive: str | None = None) -> list[str]:
     return [instance.id for instance in dead]
 
 
+class CoordinatedStore(Protocol):
+    """What a :class:`Coordinator` needs from its job store: its public face, nothing more.
+
+    ``DjangoJobStore`` implements it. The coordinator never reaches into the
+    store otherwise, and the store calls the coordinator's public methods.
+    """
+
+    #: The jobs this process declares in code (id -> fingerprint), or None.
+    declared_ids: dict[str, str] | None
+
+    @property
+    def db(self) -> str:
+        """The database alias the jobs are written to."""
+        ...
+
+    def run(self, operation: Callable[[], Any], description: str) -> Any:
+        """Run database work, reconnecting and retrying after a lost connection."""
+        ...
+
+    def wake(self) -> None:
+        """Wake the scheduler's loop, so it looks at the jobs again."""
+        ...
+
+    def running_here(self, job_id: str, executor_alias: str | None) -> bool:
+        """True while an executor of this process still runs (or queues) ``job_id``."""
+        ...
+
+    def known_broken(self) -> list[str]:
+        """Ids of the jobs this process cannot restore: never claimed here."""
+        ...
+
+    def scheduler_running(self) -> bool:
+        """True while the scheduler has not been shut down."""
+        ...
+
+    def flush_write_backs(self) -> None:
+        """Write back what the last dispatch round left pending."""
+        ...
+
+
 class Coordinator:
     """The per-store side of coordination: identity, claims bookkeeping, and a housekeeping thread.
 
@@ -262,13 +309,19 @@ class Coordinator:
     scheduler when another process changed a job.
     """
 
-    def __init__(self, store: DjangoJobStore) -> None:
+    def __init__(self, store: CoordinatedStore) -> None:
         self._store = store
         self.instance_id: str | None = None
         self._pid = 0
-        # Guards the bookkeeping below against the housekeeping thread: a claim
-        # is never released while its job is being dispatched or running here.
+        # Guards the bookkeeping below between the dispatch and housekeeping
+        # threads. Never held over database work: a slow query in one thread
+        # must not stall the other.
         self.lock = threading.RLock()
+        # Bumped each time this instance claims a job: a release decided before
+        # a new claim of the same job leaves that claim alone.
+        self._claim_epochs: dict[str, int] = {}
+        # When the claim under way (if any) started.
+        self._claiming_since: datetime | None = None
         self.claims: dict[str, Claim] = {}  # claimed in the current round
         # Claims kept after dispatch: job id -> the executor that may still run it.
         self.held: dict[str, str | None] = {}
@@ -284,11 +337,13 @@ class Coordinator:
         self._listen_retry_at = 0.0
         #: What the last heartbeat said about other instances: one is dead, none is, or unknown.
         self._others_dead: bool | None = None
-        # The wake-up time the scheduler last got from the store, guarded by
-        # ``wake_lock`` so a poll never compares against a stale value.
-        self.wake_lock = threading.Lock()
+        # The wake-up time the scheduler last got from the store, and what the
+        # latest poll found (when its query started, the earliest time it saw),
+        # guarded by ``_report_lock``; see report() and _poll().
+        self._report_lock = threading.Lock()
         self.reported_next: datetime | None = None
         self.has_reported = False
+        self._poll_seen: tuple[float, datetime | None] = (float("-inf"), None)
         # The thread of the scheduler's dispatch loop (set by each round): if it
         # dies, this instance must not go on holding jobs (see _dispatch_died).
         self.dispatcher: threading.Thread | None = None
@@ -320,15 +375,24 @@ class Coordinator:
 
     def claim(self, due_by: datetime, exclude: Iterable[str], limit: int) -> list[Claim]:
         assert self.instance_id is not None
-        using = self._store._db
+        using, instance = self._store.db, self.instance_id
         with self.lock:
-            claims = self._store._run(
-                lambda: claim_due(using, self.instance_id, due_by, exclude, limit),  # type: ignore[arg-type]
+            # A release decided while this claim is under way leaves alone what
+            # it claims (see _release_idle).
+            self._claiming_since = timezone.now()
+        try:
+            claims = self._store.run(
+                lambda: claim_due(using, instance, due_by, exclude, limit),
                 "claim due jobs",
             )
+        finally:
+            with self.lock:
+                self._claiming_since = None
+        with self.lock:
             for claim in claims:
                 self.claims[claim.job_id] = claim
                 self.held.pop(claim.job_id, None)
+                self._claim_epochs[claim.job_id] = self._claim_epochs.get(claim.job_id, 0) + 1
         return claims
 
     def release_now(self, job_ids: list[str]) -> None:
@@ -337,15 +401,17 @@ class Coordinator:
         Left to the heartbeat, they would be renewed for as long as any job
         runs here, and no other process would get them.
         """
-        using, instance = self._store._db, self.instance_id
+        using, instance = self._store.db, self.instance_id
+        # Out of the bookkeeping first, so the heartbeat neither renews them nor
+        # reports them lost; if the release fails, the claims lapse after the lease.
         with self.lock:
-            self._store._run(
-                lambda: release(using, instance, job_ids),  # type: ignore[arg-type]
-                "release jobs this process cannot run",
-            )
             for job_id in job_ids:
                 self.claims.pop(job_id, None)
                 self.held.pop(job_id, None)
+        self._store.run(
+            lambda: release(using, instance, job_ids),  # type: ignore[arg-type]
+            "release jobs this process cannot run",
+        )
 
     def settle(self, job_id: str, executor: str | None) -> None:
         """The job's row was written back; keep the claim if ``executor`` still runs it."""
@@ -393,7 +459,7 @@ class Coordinator:
         self._stopping.set()
         self.wake()
         thread.join(timeout=10)
-        using = self._store._db
+        using = self._store.db
         instance = self.instance_id
 
         def retire() -> None:
@@ -422,7 +488,7 @@ class Coordinator:
     # --- housekeeping (its own thread) ---------------------------------------------------
 
     def _register(self) -> None:
-        using = self._store._db
+        using = self._store.db
         now = timezone.now()
 
         def register() -> None:
@@ -437,7 +503,7 @@ class Coordinator:
                 },
             )
 
-        self._store._run(register, "register the scheduler instance")
+        self._store.run(register, "register the scheduler instance")
 
     def _housekeep(self) -> None:
         poll, listen_poll = conf.poll_interval(), conf.listen_poll_interval()
@@ -445,12 +511,17 @@ class Coordinator:
         reap = max(conf.lease_time(), beat)
         now = time.monotonic()
         last_poll, next_beat, next_reap = now, now + beat, now + beat
+        # Overdue jobs and lost hand-offs are looked for less often than dead
+        # instances: at the defaults every 30 s (an idle scheduler's cost, B2).
+        slow = max(reap, SLOW_HOUSEKEEPING_INTERVAL)
+        next_slow = now + beat
         try:
             while not self._stopping.is_set():
                 # While notifications arrive, the poll is only a safety net (a
                 # lost listener brings the short interval back at once).
                 next_poll = last_poll + (listen_poll if self._listener is not None else poll)
-                timeout = max(0.0, min(next_poll, next_beat, next_reap) - time.monotonic())
+                soonest = min(next_poll, next_beat, next_reap, next_slow)
+                timeout = max(0.0, soonest - time.monotonic())
                 notified = self._wait(timeout)
                 if self._stopping.is_set():
                     break
@@ -458,7 +529,7 @@ class Coordinator:
                     if not self._abandon():
                         break  # nothing runs here any more: stop heartbeating
                 elif notified:
-                    self._store._wake_scheduler()
+                    self._store.wake()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + beat
@@ -472,8 +543,11 @@ class Coordinator:
                     # there is nothing to look for when it says none is.
                     if self._others_dead is not False:
                         self._safely(self._reap, "retire dead scheduler instances")
+                if now >= next_slow:
+                    next_slow = now + slow
                     if not self._abandoned:
                         self._safely(self._report_overdue, "look for overdue jobs")
+                    self._safely(self._sweep_handoffs, "enqueue or mark lost hand-offs")
                 if now >= next_poll and not self._abandoned:
                     last_poll = now
                     self._safely(self._poll, "look for changed jobs")
@@ -492,7 +566,7 @@ class Coordinator:
             thread is not None
             and not thread.is_alive()
             and not self._stopping.is_set()
-            and self._store._scheduler_running()
+            and self._store.scheduler_running()
         )
 
     def _abandon(self) -> bool:
@@ -512,7 +586,7 @@ class Coordinator:
                 self.dispatcher.name if self.dispatcher is not None else "?",
                 self.instance_id,
             )
-            self._safely(self._store._flush_write_backs, "write back the last round")
+            self._safely(self._store.flush_write_backs, "write back the last round")
             with self.lock:
                 for job_id in self.claims:
                     self.held.setdefault(job_id, None)
@@ -532,7 +606,7 @@ class Coordinator:
     def _housekeeping_run(self, operation: Any, description: str) -> Any:
         return db.run_resiliently(
             operation,
-            using=self._store._db,
+            using=self._store.db,
             description=description,
             timeout=HOUSEKEEPING_RETRY_TIMEOUT,
         )
@@ -546,7 +620,7 @@ class Coordinator:
         still running here are taken back if their claims were lost (this
         instance was taken for dead while they ran) and nobody else holds them.
         """
-        using = self._store._db
+        using = self._store.db
         instance = self.instance_id
         now = timezone.now()
         with self.lock:
@@ -554,7 +628,7 @@ class Coordinator:
             running = {
                 job_id
                 for job_id, executor in self.held.items()
-                if self._store._running_here(job_id, executor)
+                if self._store.running_here(job_id, executor)
             }
             holding = bool(self.held or self.claims or self.deferred)
             deferred = bool(self.deferred)
@@ -585,7 +659,7 @@ class Coordinator:
             )
         runlocks.locks.verify(using)
         if deferred:  # retry the write-backs that waited for another session's lock
-            self._store._wake_scheduler()
+            self._store.wake()
 
     def _renew(self, using: str, instance: str, running: set[str], claimed: set[str]) -> None:
         now = timezone.now()
@@ -620,30 +694,46 @@ class Coordinator:
                 )
 
     def _release_idle(self) -> None:
+        """Give up the claims of held jobs that no longer run here.
+
+        The database work runs without the lock. Only claims taken or renewed
+        before the decision (and before any claim under way started) are
+        released, and the bookkeeping of a job claimed again meanwhile is left
+        alone: a new claim of the same job is never given up by mistake.
+        """
         with self.lock:
-            idle = [
-                job_id
+            idle = {
+                job_id: self._claim_epochs.get(job_id, 0)
                 for job_id, executor in self.held.items()
-                if not self._store._running_here(job_id, executor)
-            ]
-            if idle:
-                using, instance = self._store._db, self.instance_id
-                later = self._housekeeping_run(
-                    lambda: release(using, instance, idle),  # type: ignore[arg-type]
-                    "release finished jobs",
-                )
-                for job_id in idle:
-                    if job_id not in later:
-                        self.held.pop(job_id, None)
+                if not self._store.running_here(job_id, executor)
+            }
+            decided = timezone.now()
+            if self._claiming_since is not None:
+                decided = min(decided, self._claiming_since)
+        if not idle:
+            return
+        using, instance = self._store.db, self.instance_id
+        later = self._housekeeping_run(
+            lambda: release(using, instance, idle, renewed_before=decided),  # type: ignore[arg-type]
+            "release finished jobs",
+        )
+        with self.lock:
+            for job_id, epoch in idle.items():
+                if job_id not in later and self._claim_epochs.get(job_id, 0) == epoch:
+                    self.held.pop(job_id, None)
 
     def _reap(self) -> None:
-        using = self._store._db
+        using = self._store.db
         dead = self._housekeeping_run(
             lambda: reap_dead_instances(using, alive=self.instance_id),
             "retire dead scheduler instances",
         )
         if dead:
-            self._store._wake_scheduler()
+            self._store.wake()
+            # Hand-offs the dead left between their commit and their enqueue.
+            self._sweep_handoffs()
+
+    def _sweep_handoffs(self) -> None:
         from django_apscheduler import handoff  # at call time: handoff imports executions
 
         self._housekeeping_run(
@@ -656,26 +746,44 @@ class Coordinator:
         Here, in the housekeeping thread, so that saturated executors do not
         keep it from running.
         """
-        using = self._store._db
+        using = self._store.db
         self._housekeeping_run(lambda: overdue.report_overdue(using=using), "look for overdue jobs")
+
+    def report_started(self) -> float:
+        """The store starts looking up the time the scheduler will sleep until; pass to report()."""
+        return time.monotonic()
+
+    def report(self, next_run_time: datetime | None, asked: float) -> None:
+        """The scheduler sleeps until ``next_run_time``, found by a query started at ``asked``.
+
+        A poll whose query started later and saw a job due sooner may have
+        compared it with an older report than this one: the scheduler is
+        woken then, so a change is never slept through.
+        """
+        with self._report_lock:
+            self.reported_next = next_run_time
+            self.has_reported = True
+            seen_at, seen = self._poll_seen
+        if seen_at > asked and _sooner(seen, next_run_time):
+            self._store.wake()
 
     def _poll(self) -> None:
         """Wake the scheduler if a job is now due before the time it sleeps until."""
-        using, instance = self._store._db, self.instance_id
-        with self.wake_lock:
+        using, instance = self._store.db, self.instance_id
+        with self._report_lock:
             if not self.has_reported:
                 return
-            earliest = self._housekeeping_run(
-                lambda: earliest_claimable(using, instance, self._store._known_broken()),  # type: ignore[arg-type]
-                "look for changed jobs",
-            )
+        started = time.monotonic()
+        earliest = self._housekeeping_run(
+            lambda: earliest_claimable(using, instance, self._store.known_broken()),  # type: ignore[arg-type]
+            "look for changed jobs",
+        )
+        with self._report_lock:
+            self._poll_seen = (started, earliest)
             planned = self.reported_next
-            sooner = earliest is not None and (
-                planned is None or util.utc(earliest) < util.utc(planned)
-            )
-        if sooner:
+        if _sooner(earliest, planned):
             logger.debug("A job changed elsewhere is due at %s; waking the scheduler", earliest)
-            self._store._wake_scheduler()
+            self._store.wake()
 
     # --- waiting: the wake socket, plus the LISTEN connection where there is one -------
 
@@ -722,7 +830,7 @@ class Coordinator:
     def _open_listener(self) -> backends.Listener | None:
         if self._listener is not None or time.monotonic() < self._listen_retry_at:
             return self._listener
-        using = self._store._db
+        using = self._store.db
         try:
             self._listener = backends.for_alias(using).listener(using)
         except Exception as exc:
@@ -737,3 +845,8 @@ class Coordinator:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+
+
+def _sooner(found: datetime | None, planned: datetime | None) -> bool:
+    """True if a job due at ``found`` is due before the scheduler's planned wake-up."""
+    return found is not None and (planned is None or util.utc(found) < util.utc(planned))

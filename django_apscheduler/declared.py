@@ -277,8 +277,8 @@ def sync(
     ``declarations`` defaults to :func:`discover`'s; ``only`` limits the
     writes to these ids (the removal still considers every declaration).
     """
-    from django_apscheduler.jobstores import declared_sync
     from django_apscheduler.models import DjangoJob  # not at import: the package imports this
+    from django_apscheduler.replacing import declared_sync
 
     if declarations is None:
         declarations = discover()

@@ -14,21 +14,16 @@ import pickle
 import threading
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
-from apscheduler.triggers.interval import IntervalTrigger
 from django.db import IntegrityError, connections, router
-from django.db.models import F, Value
-from django.db.models.functions import Coalesce
+from django.db.models import F
 from django.utils import timezone
 
 from django_apscheduler import (
@@ -36,9 +31,11 @@ from django_apscheduler import (
     conf,
     coordination,
     db,
+    dispatch,
     executions,
     handoff,
     internals,
+    replacing,
     signing,
     util,
 )
@@ -58,50 +55,6 @@ BROKEN_RETRY_INTERVAL = 60.0
 #: Seconds before a round tries again to claim due jobs that it found locked by
 #: another session (a transaction that changed them and has not committed yet).
 LOCKED_RETRY_INTERVAL = 0.25
-
-#: ``version`` plus one; a row written by code that predates the column has NULL.
-NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
-
-#: What re-adding a job with ``replace_existing`` does (see ``DjangoJobStore._keeps_schedule``).
-_KEEP, _KEEP_PAUSED, _REPLACE = "keep", "keep paused", "replace"
-
-#: Set by :func:`declared_sync` for the thread that syncs declared jobs.
-_declared_sync = threading.local()
-
-
-@contextmanager
-def declared_sync() -> Iterator[None]:
-    """Within this block, re-adding a job keeps what the operator and the scheduler did to it.
-
-    The sync of the jobs declared in code re-adds every declaration at every
-    start. A paused job stays paused (also when its declaration changed), and
-    a one-shot job that has finished stays finished unless its new definition
-    fires in the future: otherwise every restart within its grace time would
-    run it again. Applies to this thread's re-adds only.
-    """
-    previous = getattr(_declared_sync, "on", False)
-    _declared_sync.on = True
-    try:
-        yield
-    finally:
-        _declared_sync.on = previous
-
-
-def _in_declared_sync() -> bool:
-    return getattr(_declared_sync, "on", False)
-
-
-@dataclass
-class _WriteBack:
-    """What the dispatch of one job changed, waiting for the end of the round."""
-
-    job_id: str
-    executor: str | None
-    finished: bool
-    state: bytes
-    next_run_time: datetime | None  # as stored
-    job_next_run_time: datetime | None  # as the job has it (for merging into a stored state)
-    claim: coordination.Claim | None
 
 
 def validate_job_id(job_id: Any) -> None:
@@ -245,27 +198,19 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         self._broken_reasons: dict[str, str] = {}
         # Rows seen disagreeing with their pickled state (logged once): id -> what differed.
         self._disagreements: dict[str, tuple[str, Any]] = {}
-        # Jobs handed out by the current get_due_jobs() round, and the thread that
-        # asked: the scheduler removes a finished one-shot job from that thread.
-        self._round_thread: int | None = None
-        self._round_ids: set[str] = set()
+        # The dispatch round: its thread, the jobs it handed out, their write-backs.
+        self._round = dispatch.DispatchRound(self)
         self._dispatch_connection: Any = None
         # Set by shutdown(): the scheduler's loop may still run one last round
         # after it stopped the stores, which must not reopen a connection.
         self._stopped = False
         self._coordinator = coordination.Coordinator(self)
-        self._pending_writes: list[_WriteBack] = []
         # Set by add_job() when the id exists: APScheduler's replace_existing
         # then calls update_job() with the same job, from the same thread.
         self._replacing = threading.local()
         #: The jobs this process declares in code (id -> fingerprint), recorded
         #: with its scheduler instance (see ``declared``); None: it declares none.
         self.declared_ids: dict[str, str] | None = None
-        # True while this process's executor had no free thread for due jobs:
-        # the end of a run then wakes the scheduler (see _dispatch_limit).
-        self._saturated = False
-        self._claimed_nothing = False
-        self._round_now: datetime = datetime.min.replace(tzinfo=dt_timezone.utc)
         self._listens_for_run_ends = False
         # Runs the store's database work when it is called from a thread with a
         # running event loop (AsyncIOScheduler), where Django forbids the ORM.
@@ -286,46 +231,71 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
 
     def _on_run_end(self, event: Any) -> None:
         """A run ended, so a thread is free: wake a scheduler that had none for due jobs."""
-        if self._saturated:
-            self._saturated = False
-            self._wake_scheduler()
+        if self._round.saturated:
+            self._round.saturated = False
+            self.wake()
 
     # --- helpers ---------------------------------------------------------------
 
+    # --- the store's public face to coordination and the runner (coordination.CoordinatedStore)
+
     @property
-    def _db(self) -> str:
+    def db(self) -> str:
+        """The database alias the jobs are written to."""
         return router.db_for_write(DjangoJob)
 
-    def _in_dispatch(self) -> bool:
-        return self._round_thread == threading.get_ident()
+    @property
+    def coordinator(self) -> coordination.Coordinator:
+        """This store's side of the coordination between scheduler processes."""
+        return self._coordinator
+
+    @property
+    def instance_id(self) -> str | None:
+        """This process's scheduler instance id, once it dispatched (or registered)."""
+        return self._coordinator.instance_id
+
+    def register_instance(self) -> str:
+        """Register this process as a scheduler instance now (the runner does, before syncing)."""
+        return self._coordinator.ensure_running()
+
+    def earliest_due(self) -> datetime | None:
+        """The earliest next run time among the jobs this instance could claim now."""
+        instance = self._coordinator.instance_id or ""
+        return self.run(
+            lambda: coordination.earliest_claimable(self.db, instance, self.known_broken()),
+            "get the next run time",
+        )
+
+    def flush_write_backs(self) -> None:
+        """Write back what the last dispatch round left pending."""
+        self._round.flush()
+
+    # 0.8 development name, kept for tests and tools that call it.
+    _flush_write_backs = flush_write_backs
 
     def _awaits_coroutines(self, executor_alias: str) -> bool:
         """True if the job's executor awaits coroutine functions itself."""
         executor = internals.executors(self._scheduler).get(executor_alias)
         return executor is not None and isinstance(executor, _coroutine_executors())
 
-    def _dispatched(self, job_id: str) -> bool:
-        """True when the scheduler's loop handles ``job_id`` in its current round.
-
-        Its writes then follow a dispatch: a row that vanished meanwhile was
-        removed by someone else, which must neither be undone nor kill the loop.
-        """
-        return self._in_dispatch() and job_id in self._round_ids
-
-    def _scheduler_running(self) -> bool:
+    def scheduler_running(self) -> bool:
+        """True while the scheduler this store belongs to has not been shut down."""
         scheduler = getattr(self, "_scheduler", None)
         return scheduler is not None and scheduler.state != STATE_STOPPED
 
-    def _run(self, operation: Callable[[], Any], description: str) -> Any:
-        # The scheduler's own dispatch loop must not die from a lost connection:
-        # it keeps retrying for as long as the scheduler runs.
-        patient = self._in_dispatch()
+    def run(self, operation: Callable[[], Any], description: str) -> Any:
+        """Run database work, reconnecting and retrying after a lost connection.
+
+        The scheduler's own dispatch loop must not die from a lost connection:
+        in its thread the work is retried for as long as the scheduler runs.
+        """
+        patient = self._round.in_round()
         return self._off_the_loop(
             lambda: db.run_resiliently(
                 operation,
-                using=self._db,
+                using=self.db,
                 description=description,
-                keep_trying=(lambda: patient and self._scheduler_running()),
+                keep_trying=(lambda: patient and self.scheduler_running()),
             )
         )
 
@@ -353,7 +323,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def _instance_for_records(self) -> str | None:
         return self._coordinator.instance_id
 
-    def _running_here(self, job_id: str, executor_alias: str | None) -> bool:
+    def running_here(self, job_id: str, executor_alias: str | None) -> bool:
         """True while an executor of this process still runs (or queues) ``job_id``."""
         if executor_alias is None:
             return False
@@ -378,7 +348,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         busy = sum(internals.running_instances(executor).values())
         return max(0, min(limit, workers - busy))
 
-    def _wake_scheduler(self) -> None:
+    def wake(self) -> None:
+        """Wake the scheduler's loop, so it looks at the jobs again now."""
         scheduler = getattr(self, "_scheduler", None)
         if scheduler is not None and scheduler.state == STATE_RUNNING and not self._stopped:
             scheduler.wakeup()
@@ -488,7 +459,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             return False
         return True
 
-    def _known_broken(self) -> list[str]:
+    def known_broken(self) -> list[str]:
+        """Ids of the jobs this process could not restore lately (retried after a while)."""
         now = time.monotonic()
         for job_id, seen in list(self._broken.items()):
             if now - seen > BROKEN_RETRY_INTERVAL:
@@ -503,12 +475,12 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         """Restore the jobs matching ``filters``, in next-run-time order, skipping broken rows."""
 
         def query() -> list[tuple[str, Any, Any]]:
-            rows = DjangoJob.objects.using(self._db).filter(**filters)
+            rows = DjangoJob.objects.using(self.db).filter(**filters)
             rows = rows.order_by(F("next_run_time").asc(nulls_last=True), "id")
             return list(rows.values_list("id", "job_state", "job_signature", "next_run_time"))
 
         jobs = []
-        for job_id, job_state, job_signature, next_run_time in self._run(query, "load jobs"):
+        for job_id, job_state, job_signature, next_run_time in self.run(query, "load jobs"):
             if not job_state:  # the kept record of a finished one-shot job
                 continue
             job = self._restore(job_id, job_state, job_signature)
@@ -572,13 +544,13 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def lookup_job(self, job_id: str) -> Job | None:
         def query() -> Any:
             return (
-                DjangoJob.objects.using(self._db)
+                DjangoJob.objects.using(self.db)
                 .filter(id=job_id)
                 .values_list("job_state", "job_signature", "next_run_time")
                 .first()
             )
 
-        row = self._run(query, f"look up job {job_id!r}") or (None, None, None)
+        row = self.run(query, f"look up job {job_id!r}") or (None, None, None)
         job_state, job_signature, next_run_time = row
         if not job_state:
             return None
@@ -592,24 +564,23 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
     def get_due_jobs(self, now: datetime) -> list[Job]:
         if self._stopped:
             return []
-        self._round_thread = threading.get_ident()
+        round_ = self._round
+        round_.begin(now)
         self._coordinator.dispatcher = threading.current_thread()
-        self._dispatch_connection = self._off_the_loop(lambda: connections[self._db])
+        self._dispatch_connection = self._off_the_loop(lambda: connections[self.db])
         self._coordinator.ensure_running()
-        self._flush_write_backs()  # left over if a round ended without get_next_run_time
+        round_.flush()  # left over if a round ended without get_next_run_time
         # A job whose write-back is deferred still holds the fire just dispatched
         # and our claim: claimed again, that fire would be dispatched twice.
-        excluded = self._known_broken() + self._coordinator.deferred_ids()
+        excluded = self.known_broken() + self._coordinator.deferred_ids()
         limit = self._dispatch_limit()
-        self._saturated = limit == 0
-        if self._saturated:  # no free thread: the due jobs are left to other schedulers
-            self._round_ids = set()
+        round_.saturated = limit == 0
+        if round_.saturated:  # no free thread: the due jobs are left to other schedulers
             return []
         claims = self._coordinator.claim(now, excluded, limit)
         # Nothing claimed although the round was due: what is due is held by
         # another session's row lock (SKIP LOCKED passed it over).
-        self._claimed_nothing = not claims
-        self._round_now = now
+        round_.claimed_nothing = not claims
 
         jobs = []
         unusable = []
@@ -632,50 +603,49 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             jobs.append(job)
         if unusable:
             self._coordinator.release_now(unusable)
-        self._round_ids = {job.id for job in jobs}
+        round_.hand_out(job.id for job in jobs)
         return jobs
 
     def get_next_run_time(self) -> datetime | None:
         # The scheduler asks this at the end of each dispatch round.
-        in_round = self._in_dispatch()
+        round_ = self._round
+        in_round = round_.in_round()
         if self._stopped:
-            self._round_thread = None
+            round_.end()
             return None
         if in_round:
-            self._flush_write_backs()
+            round_.flush()
             self._coordinator.end_round()
         coordinator = self._coordinator
         # Jobs whose write-back waits for another session's row lock are not due
         # again: the heartbeat wakes the scheduler to retry them.
-        broken = self._known_broken() + coordinator.deferred_ids()
+        broken = self.known_broken() + coordinator.deferred_ids()
         instance = coordinator.instance_id or ""
-        using = self._db
+        using = self.db
 
-        # Under the wake lock: the poll compares what the database holds with
-        # the time reported here, never with an older one.
-        with coordinator.wake_lock:
-            try:
-                next_run_time = self._run(
-                    lambda: coordination.earliest_claimable(using, instance, broken),
-                    "get the next run time",
-                )
-            finally:
-                if in_round:
-                    self._round_thread = None
-                    self._round_ids = set()
-            if next_run_time is not None:
-                next_run_time = next_run_time.astimezone(self._scheduler.timezone)
-                if self._saturated:
-                    # Due jobs, but no free thread here: not a busy loop. The end of
-                    # a run wakes the scheduler; the poll (or this time) bounds the wait.
-                    next_run_time = max(next_run_time, self._saturated_wake_time())
-                elif in_round and self._claimed_nothing and next_run_time <= self._round_now:
-                    # Due, but the claim passed it over (its row is locked by another
-                    # session): look again shortly instead of at once.
-                    retry = self._round_now + timedelta(seconds=LOCKED_RETRY_INTERVAL)
-                    next_run_time = retry.astimezone(self._scheduler.timezone)
-            coordinator.reported_next = next_run_time
-            coordinator.has_reported = True
+        # No lock is held over the query: the report says when it started, so a
+        # poll that looked later and saw an earlier job still wakes the scheduler.
+        asked = coordinator.report_started()
+        try:
+            next_run_time = self.run(
+                lambda: coordination.earliest_claimable(using, instance, broken),
+                "get the next run time",
+            )
+        finally:
+            if in_round:
+                round_.end()
+        if next_run_time is not None:
+            next_run_time = next_run_time.astimezone(self._scheduler.timezone)
+            if round_.saturated:
+                # Due jobs, but no free thread here: not a busy loop. The end of
+                # a run wakes the scheduler; the poll (or this time) bounds the wait.
+                next_run_time = max(next_run_time, self._saturated_wake_time())
+            elif in_round and round_.claimed_nothing and next_run_time <= round_.now:
+                # Due, but the claim passed it over (its row is locked by another
+                # session): look again shortly instead of at once.
+                retry = round_.now + timedelta(seconds=LOCKED_RETRY_INTERVAL)
+                next_run_time = retry.astimezone(self._scheduler.timezone)
+        coordinator.report(next_run_time, asked)
         return next_run_time
 
     def _saturated_wake_time(self) -> datetime:
@@ -694,7 +664,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         state = self._state(job)
         signature = signing.sign(job.id, state)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
-        using = self._db
+        using = self.db
         backend = backends.for_alias(using)
         attempts = 0
 
@@ -717,7 +687,11 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     existing = backend.lock_for_write(rows, using).first()
                     if existing is None:
                         raise
-                    if not existing.job_state and _in_declared_sync() and not _fires_ahead(job):
+                    if (
+                        not existing.job_state
+                        and replacing.in_declared_sync()
+                        and not _fires_ahead(job)
+                    ):
                         # A declared one-shot job that has run: it stays finished.
                         return existing
                     if (
@@ -743,34 +717,34 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 raise ConflictingIdError(job.id) from None
 
         self._replacing.job = None
-        row = self._run(insert, f"add job {job.id!r}")
+        row = self.run(insert, f"add job {job.id!r}")
         self._forget_broken(job.id)
         return row
 
     def update_job(self, job: Job) -> None:
-        if self._dispatched(job.id):
-            self._write_back(job, finished=False)
+        if self._round.dispatched(job.id):
+            self._round.queue(job, self._state(job))
             return
-        replacing = getattr(self._replacing, "job", None) is job
+        re_adding = getattr(self._replacing, "job", None) is job
         self._replacing.job = None
         handoff.check_job(job)
         state = self._state(job)
         next_run_time = util.get_django_internal_datetime(job.next_run_time)
-        using = self._db
+        using = self.db
         backend = backends.for_alias(using)
 
         def update() -> int:
             nonlocal state, next_run_time
             with backend.write_transaction(using):
-                if replacing:
-                    decision = self._keeps_schedule(job, using)
-                    if decision == _KEEP:
+                if re_adding:
+                    decision = replacing.decide(job, using, self.pickle_protocol)
+                    if decision == replacing.KEEP:
                         return 1
-                    if decision == _KEEP_PAUSED:
+                    if decision == replacing.KEEP_PAUSED:
                         job.next_run_time = None  # what the caller's job object reports
                         state, next_run_time = self._state(job), None
                 rows = DjangoJob.objects.using(using).filter(id=job.id)
-                if not replacing:
+                if not re_adding:
                     # The kept record of a one-shot job that finished (perhaps since the
                     # caller looked the job up) is no job: reviving it would run its
                     # last fire again. replace_existing writes it, as add_job would.
@@ -779,266 +753,28 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                     next_run_time=next_run_time,
                     job_state=state,
                     job_signature=signing.sign(job.id, state),
-                    version=NEXT_VERSION,
+                    version=dispatch.NEXT_VERSION,
                 )
                 if written:
                     backend.notify(using)
                 return written
 
-        if not self._run(update, f"update job {job.id!r}"):
+        if not self.run(update, f"update job {job.id!r}"):
             raise JobLookupError(job.id)
         self._forget_broken(job.id)
 
-    def _keeps_schedule(self, job: Job, using: str) -> str:
-        """What re-adding ``job`` (``replace_existing``) does to its stored row.
-
-        Every process of a deployment typically re-adds the same jobs at
-        start-up, each with a next run time of its own making. When the stored
-        job has the same definition and is scheduled, its row is left alone
-        (:data:`_KEEP`), next run time included, whether that time is ahead or
-        already past: a time ahead may stand past a fire another scheduler
-        dispatched (writing an earlier one would repeat that fire), and a time
-        past is a fire that is due, which the scheduler now runs within its
-        ``misfire_grace_time`` or logs "Missed!" (replacing it would drop the
-        fire without a trace: a ``--burst`` run would never run the job).
-
-        Inside :func:`declared_sync` (the sync of the jobs declared in code), a
-        stored job that is paused stays paused: with the same definition the
-        row is left alone, with another one the new definition is written
-        without a next run time (:data:`_KEEP_PAUSED`). Anything else is
-        replaced (:data:`_REPLACE`), as APScheduler's ``replace_existing`` does.
-        """
-        rows = DjangoJob.objects.using(using).filter(id=job.id)
-        row = (
-            backends.for_alias(using)
-            .lock_for_write(rows, using)
-            .values("job_state", "job_signature", "next_run_time")
-            .first()
-        )
-        if row is None or not row["job_state"]:
-            return _REPLACE
-        # A stored state whose signature is refused is not read: it is replaced.
-        checked = signing.check(job.id, row["job_state"], row["job_signature"])
-        same = checked.state is not None and _same_definition(
-            checked.state, job, self.pickle_protocol
-        )
-        if row["next_run_time"] is None:  # paused
-            if not _in_declared_sync():
-                return _REPLACE
-            return _KEEP if same else _KEEP_PAUSED
-        return _KEEP if same else _REPLACE
-
-    def _write_back(self, job: Job, finished: bool) -> None:
-        """Queue what the dispatch of ``job`` changed; the round's writes go out together.
-
-        APScheduler writes each dispatched job back one by one; one round trip
-        per fire would bound throughput by the database's latency, so the
-        writes are collected and flushed at the end of the round
-        (:meth:`_flush_write_backs`), while the claims keep the jobs ours.
-        """
-        self._pending_writes.append(
-            _WriteBack(
-                job_id=job.id,
-                executor=None if finished else job.executor,
-                finished=finished,
-                state=b"" if finished else self._state(job),
-                next_run_time=(
-                    None if finished else util.get_django_internal_datetime(job.next_run_time)
-                ),
-                job_next_run_time=None if finished else job.next_run_time,
-                claim=self._coordinator.claims.get(job.id),
-            )
-        )
-
-    def _flush_write_backs(self) -> None:
-        """Write the round's dispatched jobs back and release their claims, unless beaten to it.
-
-        A write lands only where the row is as it was when claimed (same
-        version, still ours): all of those in one transaction and one bulk
-        ``UPDATE``. The others were changed meanwhile and are settled one by
-        one (:meth:`_resolve`): a removal, pause or reschedule elsewhere wins;
-        a change that left the next run time alone (new arguments, say) is
-        kept, with the next run time advanced past the fire just dispatched.
-        A job still running here keeps its claim (``max_instances`` across
-        processes).
-        """
-        pending, self._pending_writes = self._pending_writes, []
-        if not pending:
-            return
-        coordinator = self._coordinator
-        instance = coordinator.instance_id
-        using = self._db
-        backend = backends.for_alias(using)
-        keep = {
-            wb.job_id
-            for wb in pending
-            if not wb.finished and self._running_here(wb.job_id, wb.executor)
-        }
-
-        def write_all() -> set[str]:
-            until = timezone.now() + coordination.lease_time()
-            with backend.write_transaction(using):
-                rows = DjangoJob.objects.using(using).filter(id__in=[wb.job_id for wb in pending])
-                # Rows another session keeps locked are skipped, not waited for
-                # (a view inside a long atomic block): _resolve defers them.
-                current = {
-                    job_id: (version, holder)
-                    for job_id, version, holder in backend.lock_for_write_back(
-                        rows.order_by("id"), using
-                    ).values_list("id", "version", "acquired_by")
-                }
-                clean = [
-                    wb
-                    for wb in pending
-                    if wb.claim is not None
-                    and current.get(wb.job_id) == (wb.claim.version, instance)
-                ]
-                updated = [
-                    DjangoJob(
-                        id=wb.job_id,
-                        next_run_time=wb.next_run_time,
-                        job_state=wb.state,
-                        job_signature=signing.sign(wb.job_id, wb.state),
-                        version=(wb.claim.version or 0) + 1,  # type: ignore[union-attr]
-                        acquired_by=instance if wb.job_id in keep else None,
-                        acquired_until=until if wb.job_id in keep else None,
-                    )
-                    for wb in clean
-                ]
-                db.update_rows(
-                    DjangoJob,
-                    using,
-                    updated,
-                    [
-                        "next_run_time",
-                        "job_state",
-                        "job_signature",
-                        "version",
-                        "acquired_by",
-                        "acquired_until",
-                    ],
-                )
-            return {wb.job_id for wb in clean}
-
-        settled: list[_WriteBack] = []
-        try:
-            written = self._run(write_all, "write back the dispatched jobs")
-            for wb in pending:
-                if wb.job_id in written:
-                    settled.append(wb)
-                    continue
-
-                def resolve(wb: _WriteBack = wb) -> str:
-                    return self._resolve(wb, wb.job_id in keep)
-
-                outcome = self._run(resolve, f"write back job {wb.job_id!r}")
-                if outcome != "busy":
-                    self._log_outcome(wb, outcome)
-                    settled.append(wb)
-        except Exception:
-            # Never kill the scheduler's loop. Dropping these writes would let
-            # this process claim the rows again and dispatch the same fires twice.
-            logger.exception(
-                "Could not write back %d dispatched jobs; retried at the next round, "
-                "their claims keep them from being dispatched again meanwhile",
-                len(pending) - len(settled),
-            )
-        finally:
-            retry = [wb for wb in pending if not any(wb is done for done in settled)]
-            for wb in settled:
-                coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
-            for wb in retry:
-                coordinator.defer(wb.job_id)
-            # Retried first at the next flush; the claim stays ours meanwhile.
-            self._pending_writes[:0] = retry
-
-    def _resolve(self, wb: _WriteBack, keep: bool) -> str:
-        """Write back one job whose row changed since it was claimed; return what happened."""
-        using = self._db
-        instance = self._coordinator.instance_id
-        claim = wb.claim
-        if keep:
-            lease = {
-                "acquired_by": instance,
-                "acquired_until": timezone.now() + coordination.lease_time(),
-            }
-        else:
-            lease = {"acquired_by": None, "acquired_until": None}
-        backend = backends.for_alias(using)
-        with backend.write_transaction(using):
-            rows = DjangoJob.objects.using(using).filter(id=wb.job_id)
-            row = (
-                backend.lock_for_write_back(rows, using)
-                .values(
-                    "job_state", "job_signature", "next_run_time", "acquired_by", "acquired_until"
-                )
-                .first()
-            )
-            if row is None:
-                # Locked by another session (left for the next round) or removed.
-                return "busy" if rows.exists() else "removed"
-            holder, until = row["acquired_by"], row["acquired_until"]
-            if holder not in (None, instance) and until and until >= timezone.now():
-                return "taken"
-            # A state written meanwhile whose signature is refused is not merged
-            # into (nor unpickled): it stays as it is, and is reported broken.
-            checked = signing.check(wb.job_id, row["job_state"], row["job_signature"])
-            unmoved = (
-                claim is not None
-                and row["job_state"]
-                and checked.state is not None
-                and row["next_run_time"] == claim.next_run_time
-            )
-            if not unmoved:
-                rows.update(**lease)
-                return "changed"
-            if wb.finished:
-                new_state = b""
-            else:
-                assert checked.state is not None
-                stored = signing.loads(checked.state)
-                stored["next_run_time"] = wb.job_next_run_time
-                new_state = pickle.dumps(stored, self.pickle_protocol)
-            rows.update(
-                next_run_time=wb.next_run_time,
-                job_state=new_state,
-                job_signature=signing.sign(wb.job_id, new_state),
-                version=NEXT_VERSION,
-                **lease,
-            )
-            return "merged"
-
-    @staticmethod
-    def _log_outcome(wb: _WriteBack, outcome: str) -> None:
-        if outcome == "removed":
-            logger.info("Job %r was removed while it was being dispatched", wb.job_id)
-        elif outcome == "changed":
-            logger.info(
-                "Job %r was paused or rescheduled while it was being dispatched; that change "
-                "stands",
-                wb.job_id,
-            )
-        elif outcome == "taken":
-            logger.warning(
-                "Job %r: this scheduler's claim expired during dispatch (it took longer than "
-                "APSCHEDULER_LEASE_TIME) and another scheduler took the job; its fire at %s may "
-                "run twice",
-                wb.job_id,
-                wb.claim.next_run_time if wb.claim else "?",
-            )
-
     def remove_job(self, job_id: str) -> None:
-        if self._dispatched(job_id):
+        if self._round.dispatched(job_id):
             # The scheduler removes a job from its dispatch loop when its trigger
             # will not fire again. Keep an empty record, so the job's execution
             # history (still being written) survives.
             job = Job.__new__(Job)
             job.id, job.executor = job_id, None
-            self._write_back(job, finished=True)
+            self._round.queue(job, None)
             return
 
         attempts = 0
-        using = self._db
+        using = self.db
         backend = backends.for_alias(using)
 
         def delete() -> int:
@@ -1056,13 +792,13 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             # through before the connection broke. Either way the job is gone.
             return deleted or int(attempts > 1)
 
-        if not self._run(delete, f"remove job {job_id!r}"):
+        if not self.run(delete, f"remove job {job_id!r}"):
             raise JobLookupError(job_id)
         self._forget_broken(job_id)
 
     def remove_all_jobs(self) -> None:
         def delete() -> None:
-            using = self._db
+            using = self.db
             backend = backends.for_alias(using)
             with backend.write_transaction(using):
                 jobs = DjangoJob.objects.using(using).order_by("id")
@@ -1071,7 +807,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 DjangoJob.objects.using(using).all().delete()
                 backend.notify(using)
 
-        self._run(delete, "remove all jobs")
+        self.run(delete, "remove all jobs")
         self._broken.clear()
         self._broken_reasons.clear()
 
@@ -1094,14 +830,14 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if not executions.recorder.release_connection(timeout=10):
             logger.warning("Job store shut down with job executions not yet recorded")
         self._coordinator.stop()
-        own = connections[self._db]
-        dispatch, self._dispatch_connection = self._dispatch_connection, None
-        if dispatch is not None and dispatch is not own:
-            dispatch.inc_thread_sharing()
+        own = connections[self.db]
+        dispatching, self._dispatch_connection = self._dispatch_connection, None
+        if dispatching is not None and dispatching is not own:
+            dispatching.inc_thread_sharing()
             try:
-                dispatch.close()
+                dispatching.close()
             finally:
-                dispatch.dec_thread_sharing()
+                dispatching.dec_thread_sharing()
         own.close()
 
 
@@ -1124,34 +860,6 @@ def _coroutine_executors() -> tuple[type, ...]:
     except ImportError:  # tornado is not installed
         return (AsyncIOExecutor,)
     return (AsyncIOExecutor, TornadoExecutor)
-
-
-def _definition(state: dict[str, Any], protocol: int) -> bytes:
-    """The part of a job's state that defines it: all but its next run time.
-
-    An interval trigger made without ``start_date`` gets "now + interval" as
-    its start, different in every process that creates it; that start only
-    sets the phase, which the stored next run time already fixes, so it is
-    left out. The state makes one round trip through pickle first, so equal
-    states give equal bytes whatever objects they shared.
-    """
-    state = pickle.loads(pickle.dumps(state, protocol))
-    state.pop("next_run_time", None)
-    trigger = state.get("trigger")
-    if isinstance(trigger, IntervalTrigger):
-        trigger_state = trigger.__getstate__()
-        trigger_state.pop("start_date", None)
-        state["trigger"] = ("interval", trigger_state)
-    return pickle.dumps(state, protocol)
-
-
-def _same_definition(stored_state: signing.Verified, job: Job, protocol: int) -> bool:
-    """True if the verified ``stored_state`` describes ``job`` in everything but its next run time."""
-    try:
-        stored = signing.loads(stored_state)
-        return _definition(stored, protocol) == _definition(job.__getstate__(), protocol)
-    except Exception:  # cannot tell: treat as different, so the new definition is written
-        return False
 
 
 class DjangoMemoryJobStore(DjangoResultStoreMixin, MemoryJobStore):

@@ -22,7 +22,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.utils import timezone
 
-from django_apscheduler import conf, coordination, declared, executions, internals, util
+from django_apscheduler import conf, declared, executions, internals, util
 from django_apscheduler.jobstores import DjangoJobStore
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Runner:
         self.declarations = declared.discover()
         self.store.declared_ids = declared.fingerprints(self.declarations)
         if not paused:
-            self.store._coordinator.ensure_running()
+            self.store.register_instance()
         report = declared.sync(self.scheduler, declarations=self.declarations)
         self._contested = set(report.contested)
         self.scheduler.add_job(
@@ -152,12 +152,9 @@ class Runner:
 
     def due_left(self, due_by: Any) -> bool:
         """True while a job that was due by ``due_by`` is still waiting to be dispatched here."""
-        instance = self.store._coordinator.instance_id
-        if instance is None:  # not a single dispatch round yet
+        if self.store.instance_id is None:  # not a single dispatch round yet
             return True
-        earliest = coordination.earliest_claimable(
-            self.store._db, instance, self.store._known_broken()
-        )
+        earliest = self.store.earliest_due()
         return earliest is not None and util.utc(earliest) <= util.utc(util.stored_instant(due_by))
 
     def stop(self, timeout: float) -> int:

@@ -28,8 +28,9 @@ from django.test.utils import override_settings
 from django.utils import timezone
 
 from django_apscheduler import coordination
-from django_apscheduler.jobstores import DjangoJobStore, declared_sync
+from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
+from django_apscheduler.replacing import declared_sync
 from tests import jobs
 from tests.helpers import wait_until
 

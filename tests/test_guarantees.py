@@ -499,7 +499,7 @@ def test_close_old_connections_decorator_gives_each_call_a_usable_connection(kil
 def test_a_job_added_elsewhere_wakes_a_scheduler_sleeping_until_a_far_job(
     settings, make_scheduler, monkeypatch
 ):
-    """Mutation 6 (``Coordinator._poll`` never calls ``_wake_scheduler``).
+    """Mutation 6 (``Coordinator._poll`` never wakes the scheduler).
 
     Scheduler A sleeps until a job an hour away. Another store, on another
     connection and with PostgreSQL's LISTEN disabled (so the poll is the only

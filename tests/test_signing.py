@@ -185,7 +185,7 @@ def test_only_verified_bytes_are_unpickled(marker):
 
 
 def test_no_module_unpickles_a_stored_state_but_signing():
-    """``pickle.loads`` appears in signing.py, and in jobstores only on its own fresh pickle."""
+    """``pickle.loads`` appears in signing.py, and in replacing.py only on its own fresh pickle."""
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
@@ -199,7 +199,7 @@ def test_no_module_unpickles_a_stored_state_but_signing():
             ):
                 found.append((path.relative_to(PACKAGE).as_posix(), ast.unparse(node)))
     assert found == [
-        ("jobstores.py", "pickle.loads(pickle.dumps(state, protocol))"),  # _definition
+        ("replacing.py", "pickle.loads(pickle.dumps(state, protocol))"),  # definition()
         ("signing.py", "pickle.loads(state)"),
     ]
 

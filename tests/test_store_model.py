@@ -27,7 +27,7 @@ How it is driven:
   computes it, and when.
 
 Not modelled, on purpose: ``replace_existing`` (the store keeps a scheduled
-definition's stored next run time there, see ``DjangoJobStore._keeps_schedule``,
+definition's stored next run time there, see ``replacing.decide``,
 which MemoryJobStore does not).
 
 Each example starts on empty tables (transactional test database, rows

@@ -263,7 +263,7 @@ def test_poll_without_use_tz_wakes_the_scheduler(berlin_naive, monkeypatch):
     assert store.get_next_run_time() == datetime(2030, 1, 1, tzinfo=UTC)
     # Only this thread's wake-ups count (on PostgreSQL, NOTIFY wakes from housekeeping too).
     woken = []
-    monkeypatch.setattr(store, "_wake_scheduler", lambda: woken.append(threading.get_ident()))
+    monkeypatch.setattr(store, "wake", lambda: woken.append(threading.get_ident()))
 
     # Another process adds a job due sooner than the scheduler's planned wake-up.
     _, writer = store_on("UTC", DjangoJobStore())
