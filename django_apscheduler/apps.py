@@ -14,7 +14,7 @@ class DjangoApschedulerConfig(AppConfig):
         # handed-off fires are recorded through the engines' signals.
         handoff.connect_worker_signals()
 
-        if conf.get("APSCHEDULER_ALERT_AFTER_FAILURES") is not None:
+        if conf.alert_after_failures() is not None:
             from django_apscheduler import alerts
 
             alerts.connect()

@@ -60,7 +60,7 @@ from django.db import IntegrityError, close_old_connections, router, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from django_apscheduler import backends, conf, db, executions, internals, util
+from django_apscheduler import backends, conf, db, executions, internals, signing, util
 from django_apscheduler.exceptions import TaskHandoffError
 
 logger = logging.getLogger(__name__)
@@ -474,7 +474,10 @@ def hand_off(
                     instance=instance,
                     task_backend=label,
                     task_id=task_id,
-                    task_call=pickle.dumps((ref.reference, tuple(args), dict(kwargs))),
+                    task_call=signing.seal(
+                        f"handoff-call:{job_id}",
+                        pickle.dumps((ref.reference, tuple(args), dict(kwargs))),
+                    ),
                 )
             return row.pk
         except IntegrityError:
@@ -648,7 +651,9 @@ def _republish(row: Any) -> bool:
 
     using = router.db_for_write(DjangoJobExecution)
     try:
-        reference, args, kwargs = pickle.loads(bytes(row.task_call))
+        # Signed like job states: a planted row is refused, never unpickled.
+        call = signing.unseal(f"handoff-call:{row.job_id}", row.task_call)
+        reference, args, kwargs = signing.loads(call)
         ref = ref_to_obj(reference)
         task, engine = ref.resolve()
     except Exception as exc:

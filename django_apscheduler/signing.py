@@ -116,3 +116,20 @@ def loads(state: Verified) -> Any:
 def load_state(job_id: str, job_state: bytes | memoryview | None, signature: Any) -> Any:
     """Verify a row's signature, then unpickle its state (``UntrustedJobStateError`` if refused)."""
     return loads(verify(job_id, job_state, signature))
+
+
+def seal(name: str, payload: bytes) -> bytes:
+    """``payload`` (a pickle this app wrote, stored elsewhere than ``job_state``) with its signature.
+
+    For the pickled call of a handed-off fire (``DjangoJobExecution.task_call``):
+    the same rule as for job states, so no table this app unpickles from is a
+    way to run code. ``name`` binds the payload to its row (``"handoff-call:<job id>"``).
+    """
+    return sign(name, payload).encode("ascii") + bytes(payload)
+
+
+def unseal(name: str, sealed: bytes | memoryview | None) -> Verified:
+    """The verified payload of :func:`seal`; :class:`UntrustedJobStateError` naming ``name`` if not."""
+    data = bytes(sealed or b"")
+    signature = data[:SIGNATURE_LENGTH].decode("ascii", "replace") if data else ""
+    return verify(name, data[SIGNATURE_LENGTH:], signature)

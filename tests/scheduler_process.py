@@ -55,15 +55,18 @@ def run_until(path: str, deadline: float) -> None:
     _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
 
 
-def hold_gil(path: str, marker: str, deadline: float) -> None:
+def hold_gil(path: str, marker: str, deadline: float, stretch: float = 2.0) -> None:
     """Hold the GIL in long stretches (a catastrophic regex) until ``marker`` exists or ``deadline``.
 
     Like a job stuck in C code that never releases the GIL: the process's
     other threads (heartbeat, dispatch) get a moment only between two
-    stretches of two seconds or more. A lease renewal waits for the GIL after
-    each of its round trips, so it cannot finish within the tests' 4-second
-    lease: the heartbeat has surely stopped. (With half-second stretches it
-    sometimes kept up, and no other process ever saw the claim lapse.)
+    stretches of ``stretch`` seconds or more. With two seconds, a lease
+    renewal, which waits for the GIL after each of its round trips, cannot
+    finish within the tests' 4-second lease: the heartbeat has surely stopped.
+    (With half-second stretches it sometimes kept up on PostgreSQL and
+    MariaDB, and no other process ever saw the claim lapse. On SQLite the
+    stalled process holds the database's one write lock for whole stretches,
+    so there the test keeps half-second ones.)
     """
     import re
 
@@ -73,7 +76,7 @@ def hold_gil(path: str, marker: str, deadline: float) -> None:
     while True:  # calibrate: one match of two seconds or more
         began = time.monotonic()
         pattern.match("a" * size)
-        if time.monotonic() - began >= 2.0 or size >= 40:
+        if time.monotonic() - began >= stretch or size >= 40:
             break
         size += 1
     while not os.path.exists(marker) and time.time() < deadline:

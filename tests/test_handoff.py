@@ -17,7 +17,7 @@ from django.core import checks
 from django.test.utils import override_settings
 from django.utils import timezone as dj_timezone
 
-from django_apscheduler import client, declared, handoff, tasks_celery, util
+from django_apscheduler import client, declared, handoff, signing, tasks_celery, util
 from django_apscheduler.exceptions import TaskHandoffError
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from django_apscheduler.run_now import RunStatus, run_jobs_now
@@ -259,7 +259,11 @@ def test_a_stored_task_job_whose_task_is_gone_is_reported_and_its_fires_fail(set
     row = DjangoJob.objects.get(id="gone")
     state = pickle.loads(bytes(row.job_state))
     state["func"] = handoff.task_ref("tests.handoff_tasks.no_such_task")
-    DjangoJob.objects.filter(id="gone").update(job_state=pickle.dumps(state))
+    changed = pickle.dumps(state)
+    # Changed by hand and signed on purpose (an unsigned edit is refused as broken).
+    DjangoJob.objects.filter(id="gone").update(
+        job_state=changed, job_signature=signing.sign("gone", changed)
+    )
     found = [
         m for m in checks.run_checks(databases=["default"]) if m.id == "django_apscheduler.W013"
     ]
@@ -280,7 +284,10 @@ def _queued_row(job_id: str, instance: str | None, run_time: datetime) -> Django
         status=DjangoJobExecution.QUEUED,
         instance=instance,
         task_backend="django-tasks:default",
-        task_call=pickle.dumps((handoff.task_ref("tests.handoff_tasks.tasks_note"), ("p",), {})),
+        task_call=signing.seal(
+            f"handoff-call:{job_id}",
+            pickle.dumps((handoff.task_ref("tests.handoff_tasks.tasks_note"), ("p",), {})),
+        ),
     )
 
 
@@ -322,6 +329,37 @@ def test_a_row_taken_over_is_not_published_by_its_first_owner():
     assert handoff.publish(row.pk, task, engine, {}, ("p",), {}, "id", "first:1:x") is None
     row.refresh_from_db()
     assert row.status == DjangoJobExecution.QUEUED and row.instance == "sweeper"
+
+
+def test_the_sweep_never_unpickles_a_planted_call(tmp_path):
+    """A "Queued" row written into the table with an unsigned (or another job's) call.
+
+    The sweep would enqueue it, unpickling its ``task_call``: it is refused
+    instead, the row ends "Error!" naming the problem, and nothing runs.
+    """
+    import os
+
+    class Planted:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="planted", args=["p"])
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="other", args=["p"])
+    evil = pickle.dumps(Planted())
+    now = dj_timezone.now() - timedelta(seconds=1)
+    rows = [
+        _queued_row("planted", "dead:1:x", now),
+        _queued_row("planted", "dead:1:x", now - timedelta(seconds=1)),
+    ]
+    DjangoJobExecution.objects.filter(pk=rows[0].pk).update(task_call=evil)  # unsigned
+    swapped = signing.seal("handoff-call:other", evil)  # signed, for another job
+    DjangoJobExecution.objects.filter(pk=rows[1].pk).update(task_call=swapped)
+    handoff.sweep("sweeper")
+    assert not (tmp_path / "ran").exists(), "a planted task_call was unpickled"
+    for row in rows:
+        row.refresh_from_db()
+        assert row.status == DjangoJobExecution.ERROR, row.status
+        assert "signature" in row.exception or "unsigned" in row.exception, row.exception
 
 
 def test_the_sweep_marks_overdue_hand_offs_lost():

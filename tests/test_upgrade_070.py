@@ -64,6 +64,10 @@ ADDED = (
     "declared_in_code",
     "job_signature",
     "pause_note",
+    # 0014: the admin's own permissions for its actions
+    "run_djangojob",
+    "trigger_djangojob",
+    "pause_djangojob",
     "overdue_reported",
     "alert_open_since",
     # 0016: runs handed to task workers
