@@ -89,6 +89,15 @@ if importlib.util.find_spec("django_tasks_db") is not None:
             "QUEUES": ["default", "reports"],
         }
     }
+elif importlib.util.find_spec("django_tasks") is not None:
+    # Django 4.2: the backport without its database backend. Its implicit
+    # default backend, with the queue docs/workers.md's example names.
+    TASKS = {
+        "default": {
+            "BACKEND": "django_tasks.backends.immediate.ImmediateBackend",
+            "QUEUES": ["default", "reports"],
+        }
+    }
 CELERY_BROKER_URL = os.environ.get("DJANGO_APSCHEDULER_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

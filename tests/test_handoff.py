@@ -343,8 +343,8 @@ def test_the_sweep_never_unpickles_a_planted_call(tmp_path):
         def __reduce__(self):
             return (os.mkdir, (str(tmp_path / "ran"),))
 
-    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="planted", args=["p"])
-    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="other", args=["p"])
+    client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="planted", args=["p"])
+    client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="other", args=["p"])
     evil = pickle.dumps(Planted())
     now = dj_timezone.now() - timedelta(seconds=1)
     rows = [
