@@ -52,8 +52,9 @@ from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSched
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between two looks for overdue jobs and lost hand-offs (at least the lease time).
-SLOW_HOUSEKEEPING_INTERVAL = 30.0
+#: Heartbeats between two looks for overdue jobs and lost hand-offs (a minute at the
+#: defaults; at least the lease time).
+SLOW_HOUSEKEEPING_BEATS = 15
 
 #: Seconds a housekeeping statement (heartbeat, poll, release) may keep retrying.
 HOUSEKEEPING_RETRY_TIMEOUT = 5.0
@@ -512,8 +513,8 @@ class Coordinator:
         now = time.monotonic()
         last_poll, next_beat, next_reap = now, now + beat, now + beat
         # Overdue jobs and lost hand-offs are looked for less often than dead
-        # instances: at the defaults every 30 s (an idle scheduler's cost, B2).
-        slow = max(reap, SLOW_HOUSEKEEPING_INTERVAL)
+        # instances: at the defaults once a minute (an idle scheduler's cost, B2).
+        slow = max(reap, SLOW_HOUSEKEEPING_BEATS * beat)
         next_slow = now + beat
         try:
             while not self._stopping.is_set():

@@ -607,11 +607,16 @@ def sweep(instance: str | None = None) -> tuple[int, int]:
     using = router.db_for_write(DjangoJobExecution)
     executions_ = DjangoJobExecution.objects.using(using)
     now = timezone.now()
-    alive = set(DjangoSchedulerInstance.objects.using(using).alive().values_list("id", flat=True))
+    unpublished = list(executions_.unpublished().order_by("run_time"))
+    alive = (
+        set(DjangoSchedulerInstance.objects.using(using).alive().values_list("id", flat=True))
+        if unpublished
+        else set()
+    )
     settle_by = now - timedelta(seconds=conf.lease_time())
     orphans = [
         row
-        for row in executions_.unpublished().order_by("run_time")
+        for row in unpublished
         if row.instance not in alive
         and (
             row.instance is not None or row.run_time <= util.get_django_internal_datetime(settle_by)
