@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -37,3 +39,23 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+def runapscheduler_env(overrides: dict[str, Any], **extra: str) -> dict[str, str]:
+    """The environment of a ``manage.py runapscheduler`` subprocess on the test database.
+
+    ``overrides`` are settings over ``tests.settings`` (``tests/settings.py``
+    reads them from ``DJANGO_APSCHEDULER_TEST_SETTINGS``); ``extra`` are more
+    environment variables.
+    """
+    from django.db import connection
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DJANGO_APSCHEDULER_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
+        DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(overrides),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env

@@ -4,8 +4,6 @@ for three scheduler processes)."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal as os_signal
 import subprocess
 import sys
@@ -15,12 +13,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core import mail
-from django.db import connection
 from django.utils import timezone
 
 from django_apscheduler import alerts, client, executions, overdue
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
-from tests.helpers import wait_until
+from tests.helpers import runapscheduler_env, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,20 +138,14 @@ def test_three_schedulers_send_one_alert_and_one_recovery(tmp_path):
     the streak, one for the recovery, in all (Django's file e-mail backend, shared)."""
     mails = tmp_path / "mails"
     mails.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_APSCHEDULER_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(
-            {
-                "INSTALLED_APPS": settings.INSTALLED_APPS,
-                "APSCHEDULER_ALERT_AFTER_FAILURES": 3,
-                "ADMINS": [["Ops", "ops@example.com"]],
-                "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
-                "EMAIL_FILE_PATH": str(mails),
-            }
-        ),
-        PYTHONUNBUFFERED="1",
+    env = runapscheduler_env(
+        {
+            "INSTALLED_APPS": settings.INSTALLED_APPS,
+            "APSCHEDULER_ALERT_AFTER_FAILURES": 3,
+            "ADMINS": [["Ops", "ops@example.com"]],
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": str(mails),
+        }
     )
     procs, logs = [], []
     for i in range(3):

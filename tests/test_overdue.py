@@ -4,7 +4,6 @@ once per episode by one of three live schedulers that are all saturated."""
 from __future__ import annotations
 
 import json
-import os
 import signal as os_signal
 import subprocess
 import sys
@@ -16,13 +15,12 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.utils import timezone
 
 from django_apscheduler import client, executions, overdue, signals
 from django_apscheduler.jobstores import DjangoJobStore
 from django_apscheduler.models import DjangoJob, DjangoSchedulerInstance
-from tests.helpers import wait_until
+from tests.helpers import runapscheduler_env, wait_until
 from tests.scheduler_process import read_lines
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -125,24 +123,17 @@ def test_health_and_admin_show_overdue_jobs_with_no_scheduler_alive(admin_client
 
 
 def _env(output: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_APSCHEDULER_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(
-            {
-                "INSTALLED_APPS": [*settings.INSTALLED_APPS, "tests.observing"],
-                "APSCHEDULER_THREADS": 1,
-                "APSCHEDULER_LEASE_TIME": 4,
-                "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
-                "APSCHEDULER_POLL_INTERVAL": 0.5,
-                "APSCHEDULER_OVERDUE_AFTER": 1,
-            }
-        ),
+    return runapscheduler_env(
+        {
+            "INSTALLED_APPS": [*settings.INSTALLED_APPS, "tests.observing"],
+            "APSCHEDULER_THREADS": 1,
+            "APSCHEDULER_LEASE_TIME": 4,
+            "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
+            "APSCHEDULER_POLL_INTERVAL": 0.5,
+            "APSCHEDULER_OVERDUE_AFTER": 1,
+        },
         OBSERVING_OUTPUT=str(output),
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ write every signal they get to a file, and compares that file with the log.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal as os_signal
@@ -22,12 +21,11 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from django_apscheduler import client, executions, run_now, signals, util
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
-from tests.helpers import wait_until
+from tests.helpers import runapscheduler_env, wait_until
 from tests.scheduler_process import read_lines
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -195,22 +193,15 @@ def test_runs_now_are_signalled_too(received):
 
 
 def _env(output: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DJANGO_APSCHEDULER_TEST_DB_NAME=str(connection.settings_dict["NAME"]),
-        DJANGO_APSCHEDULER_TEST_SETTINGS=json.dumps(
-            {
-                "INSTALLED_APPS": [*settings.INSTALLED_APPS, "tests.observing"],
-                "APSCHEDULER_LEASE_TIME": 4,
-                "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
-                "APSCHEDULER_POLL_INTERVAL": 0.5,
-            }
-        ),
+    return runapscheduler_env(
+        {
+            "INSTALLED_APPS": [*settings.INSTALLED_APPS, "tests.observing"],
+            "APSCHEDULER_LEASE_TIME": 4,
+            "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
+            "APSCHEDULER_POLL_INTERVAL": 0.5,
+        },
         OBSERVING_OUTPUT=str(output),
-        PYTHONUNBUFFERED="1",
     )
-    return env
 
 
 @pytest.mark.slow
