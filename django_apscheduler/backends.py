@@ -13,7 +13,7 @@ import os
 import socket
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterator, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import Model, QuerySet
@@ -70,6 +70,19 @@ class RunLockSession:
     def unlock(self, name: str) -> None:
         """Give up the lock ``name``."""
         raise NotImplementedError
+
+    def try_lock_many(self, names: Sequence[str]) -> list[bool]:
+        """:meth:`try_lock` each of ``names``; whether each is now held, in order.
+
+        One round trip where the database can do it (a dispatch round takes
+        the locks of all its runs at once).
+        """
+        return [self.try_lock(name) for name in names]
+
+    def unlock_many(self, names: Sequence[str]) -> None:
+        """:meth:`unlock` each of ``names``, in one round trip where the database can."""
+        for name in names:
+            self.unlock(name)
 
     def holder(self, name: str) -> str | None:
         """Who holds ``name`` (for messages), if the database can tell."""
@@ -180,6 +193,24 @@ class _PostgreSQLRunLockSession(_ConnectionRunLockSession):
     def unlock(self, name: str) -> None:
         self._query("SELECT pg_advisory_unlock(%s)", [self._key(name)])
 
+    def try_lock_many(self, names: Sequence[str]) -> list[bool]:
+        if not names:
+            return []
+        with self._wrapper.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY "
+                "AS t(k, i) ORDER BY i",
+                [[self._key(name) for name in names]],
+            )
+            return [bool(taken) for (taken,) in cursor.fetchall()]
+
+    def unlock_many(self, names: Sequence[str]) -> None:
+        if names:
+            self._query(
+                "SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS t(k)",
+                [[self._key(name) for name in names]],
+            )
+
     def holder(self, name: str) -> str | None:
         key = self._key(name) & 0xFFFFFFFFFFFFFFFF
         row = self._query(
@@ -205,6 +236,24 @@ class _MySQLRunLockSession(_ConnectionRunLockSession):
 
     def unlock(self, name: str) -> None:
         self._query("SELECT RELEASE_LOCK(%s)", [self._name(self.using, name)])
+
+    #: Locks per statement of the batched calls (one row of that many columns).
+    BATCH = 200
+
+    def _each(self, function: str, names: Sequence[str]) -> list[Any]:
+        results: list[Any] = []
+        for start in range(0, len(names), self.BATCH):
+            chunk = [self._name(self.using, name) for name in names[start : start + self.BATCH]]
+            with self._wrapper.cursor() as cursor:
+                cursor.execute("SELECT " + ", ".join([function] * len(chunk)), chunk)
+                results.extend(cursor.fetchone())
+        return results
+
+    def try_lock_many(self, names: Sequence[str]) -> list[bool]:
+        return [taken == 1 for taken in self._each("GET_LOCK(%s, 0)", names)]
+
+    def unlock_many(self, names: Sequence[str]) -> None:
+        self._each("RELEASE_LOCK(%s)", names)
 
     def holder(self, name: str) -> str | None:
         holder = self._query("SELECT IS_USED_LOCK(%s)", [self._name(self.using, name)])

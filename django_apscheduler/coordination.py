@@ -203,6 +203,8 @@ def release(
     ids = list(job_ids)
     if not ids:
         return set()
+    # No job is claimable elsewhere while an ended run here still holds its lock.
+    runlocks.locks.settle()
     with backends.for_alias(using).write_transaction(using):
         ours = DjangoJob.objects.using(using).held_by(instance).filter(id__in=ids)
         releasable = ours
@@ -464,6 +466,7 @@ class Coordinator:
         instance = self.instance_id
 
         def retire() -> None:
+            runlocks.locks.settle()
             with backends.for_alias(using).write_transaction(using):
                 DjangoJob.objects.using(using).held_by(instance).release()
                 interrupt_runs(
@@ -659,6 +662,7 @@ class Coordinator:
                 "renew the claims of running jobs",
             )
         runlocks.locks.verify(using)
+        runlocks.locks.settle()
         if deferred:  # retry the write-backs that waited for another session's lock
             self._store.wake()
 

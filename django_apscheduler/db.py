@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from django.db import DatabaseError, connections
 from django.db.models import Field, Model
+from django.db.models.constants import OnConflict
 
 from django_apscheduler import backends, conf
 
@@ -88,14 +89,61 @@ def run_resiliently(
             pause = min(pause * 2, _LONGEST_PAUSE)
 
 
-def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: list[str]) -> int:
-    """``UPDATE`` each of ``rows`` by primary key, setting ``fields``, with one ``executemany``.
+def insert_rows(
+    model: type[Model],
+    using: str,
+    fields: list[str],
+    rows: Iterable[Sequence[Any]],
+    ignore_conflicts: bool = False,
+) -> None:
+    """``INSERT`` each of ``rows`` (the values of ``fields``, in order) with one ``executemany``.
 
-    Django's ``bulk_update`` builds a ``CASE`` expression per field and row in
-    Python, which costs more than the database's work for the few dozen rows
-    of a dispatch round or a log batch. One parametrised statement, executed
-    for every row, is plain SQL on every backend (psycopg pipelines it into
-    one round trip). Returns the number of rows given.
+    Like ``bulk_create``, without building a model instance per row: the log
+    writes one row per run. Every other column gets its field's default.
+    With ``ignore_conflicts`` a row that would break a unique constraint is
+    left out, as ``bulk_create(ignore_conflicts=True)`` does.
+    """
+    connection = connections[using]
+    meta = model._meta
+    quote = connection.ops.quote_name
+    given = [_column(model, name) for name in fields]
+    defaults = [
+        (field, field.get_db_prep_save(field.get_default(), connection))
+        for field in meta.concrete_fields
+        if field.name not in fields and field.attname not in fields and not field.primary_key
+    ]
+    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
+    columns = [column for _, column in given] + [str(field.column) for field, _ in defaults]
+    sql = "{} {} ({}) VALUES ({}){}".format(
+        connection.ops.insert_statement(on_conflict=on_conflict),
+        quote(meta.db_table),
+        ", ".join(quote(column) for column in columns),
+        ", ".join(["%s"] * len(columns)),
+        " " + suffix
+        if (
+            suffix := connection.ops.on_conflict_suffix_sql(
+                [field for field, _ in given], on_conflict, None, None
+            )
+        )
+        else "",
+    )
+    tail = [value for _, value in defaults]
+    params = [
+        [field.get_db_prep_save(value, connection) for (field, _), value in zip(given, row)] + tail
+        for row in rows
+    ]
+    if params:
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+
+
+def update_values(
+    model: type[Model], using: str, fields: list[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """``UPDATE`` rows by primary key: each of ``rows`` is the key, then the values of ``fields``.
+
+    One parametrised statement with one ``executemany`` (see :func:`update_rows`).
+    Returns the number of rows given.
     """
     connection = connections[using]
     meta = model._meta
@@ -108,17 +156,33 @@ def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: l
         ", ".join(f"{quote(column)} = %s" for _, column in columns),
         quote(pk.column),
     )
-    params: list[list[Any]] = []
-    for row in rows:
-        values = [
-            field.get_db_prep_save(getattr(row, field.attname), connection) for field, _ in columns
-        ]
-        values.append(pk.get_db_prep_value(row.pk, connection))
-        params.append(values)
+    params = [
+        [field.get_db_prep_save(value, connection) for (field, _), value in zip(columns, row[1:])]
+        + [pk.get_db_prep_value(row[0], connection)]
+        for row in rows
+    ]
     if params:
         with connection.cursor() as cursor:
             cursor.executemany(sql, params)
     return len(params)
+
+
+def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: list[str]) -> int:
+    """``UPDATE`` each of ``rows`` by primary key, setting ``fields``, with one ``executemany``.
+
+    Django's ``bulk_update`` builds a ``CASE`` expression per field and row in
+    Python, which costs more than the database's work for the few dozen rows
+    of a dispatch round or a log batch. One parametrised statement, executed
+    for every row, is plain SQL on every backend (psycopg pipelines it into
+    one round trip). Returns the number of rows given.
+    """
+    attnames = [_column(model, name)[0].attname for name in fields]
+    return update_values(
+        model,
+        using,
+        fields,
+        ([row.pk] + [getattr(row, attname) for attname in attnames] for row in rows),
+    )
 
 
 def _column(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:

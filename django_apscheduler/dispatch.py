@@ -12,6 +12,7 @@ One round trip per fire would bound throughput by the database's latency.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import threading
@@ -24,7 +25,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_apscheduler import backends, coordination, db, signing, util
+from django_apscheduler import backends, coordination, db, runlocks, signing, util
 from django_apscheduler.models import DjangoJob
 
 if TYPE_CHECKING:
@@ -82,6 +83,29 @@ class DispatchRound:
         """The round gives these jobs to APScheduler: their writes are write-backs."""
         self.ids = set(job_ids)
 
+    def hold_runs(self, jobs: list[Job]) -> None:
+        """Take the run locks of the runs handed out to run here, in one round trip.
+
+        Each run then starts without a round trip of its own (see
+        :mod:`runlocks`). If the locks cannot be reached now, each run tries
+        when it starts.
+        """
+        if not jobs:
+            return
+        store = self._store
+        runs = [
+            (
+                job.id,
+                job.max_instances if isinstance(job.max_instances, int) else 1,
+                functools.partial(store.running_here, job.id, job.executor),
+            )
+            for job in jobs
+        ]
+        try:
+            store.off_the_loop(lambda: runlocks.locks.reserve(runs))
+        except Exception as exc:
+            logger.debug("Could not take the run locks of a dispatch round (%s)", exc)
+
     def end(self) -> None:
         self.thread = None
         self.ids = set()
@@ -127,6 +151,9 @@ class DispatchRound:
         A job still running here keeps its claim (``max_instances`` across
         processes).
         """
+        # Reserved run locks of runs that will not start, and those of runs
+        # that ended, are given up before any claim is.
+        self._store.off_the_loop(runlocks.locks.settle)
         pending, self.pending = self.pending, []
         if not pending:
             return
@@ -209,7 +236,8 @@ class DispatchRound:
                 len(pending) - len(settled),
             )
         finally:
-            retry = [wb for wb in pending if not any(wb is done for done in settled)]
+            done = {id(wb) for wb in settled}
+            retry = [wb for wb in pending if id(wb) not in done]
             for wb in settled:
                 coordinator.settle(wb.job_id, wb.executor if wb.job_id in keep else None)
             for wb in retry:

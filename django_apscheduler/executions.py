@@ -145,29 +145,36 @@ class Record:
             later.instance = self.instance
         return later
 
-    def apply(self, row: DjangoJobExecution) -> bool:
-        """Write this record into ``row``; return False if the row stays as it was."""
-        if not self.is_final:
-            return False
-        row.status = self.status
-        row.finished = None if self.finished is None else decimal_seconds(self.finished)
-        row.duration = self.duration()
-        if self.status == DjangoJobExecution.SUCCESS:
-            # A run that finished well has no error, whatever was noted before
-            # (a scheduler taken for dead marks its runs Interrupted).
-            row.exception = row.traceback = None
-        if self.exception:
-            row.exception = self.exception
-        if self.traceback:
-            row.traceback = self.traceback
-        return True
+    def values(self, exception: str | None, traceback: str | None) -> list[Any] | None:
+        """The :data:`ROW_FIELDS` of the run's row after this record; None: the row stays as it is.
 
-    def new_row(self) -> DjangoJobExecution:
-        row = DjangoJobExecution(
-            job_id=self.job_id, run_time=self.run_time, status=self.status, instance=self.instance
-        )
-        self.apply(row)
-        return row
+        ``exception`` and ``traceback`` are the row's current ones: a record
+        without its own keeps them, except a success, which clears them (a
+        scheduler taken for dead marks its runs Interrupted).
+        """
+        if not self.is_final:
+            return None
+        if self.status == DjangoJobExecution.SUCCESS:
+            exception = traceback = None
+        finished = None if self.finished is None else decimal_seconds(self.finished)
+        return [
+            self.status,
+            finished,
+            self.duration(),
+            self.exception or exception,
+            self.traceback or traceback,
+        ]
+
+    def new_values(self) -> list[Any]:
+        """The :data:`NEW_FIELDS` of a new row for this record."""
+        values = self.values(None, None) or [self.status, None, None, None, None]
+        return [self.job_id, self.run_time, self.instance, *values]
+
+
+#: The columns a record writes into its run's row, in the order of ``Record.values``.
+ROW_FIELDS = ["status", "finished", "duration", "exception", "traceback"]
+#: The columns of a new row, in the order of ``Record.new_values``.
+NEW_FIELDS = ["job", "run_time", "instance", *ROW_FIELDS]
 
 
 def decimal_seconds(value: float) -> Decimal:
@@ -221,39 +228,47 @@ def _write_once(
         if not wanted:
             return {}
 
-        def fetch() -> dict[tuple[str, datetime], DjangoJobExecution]:
+        def fetch() -> dict[tuple[str, datetime], tuple[int, str, str | None, str | None]]:
+            """The rows of the wanted runs: (id, status, exception, traceback), locked."""
             rows = backend.lock_for_write(
-                DjangoJobExecution.objects.using(using).filter(
-                    job_id__in={k[0] for k in wanted},
-                    run_time__in={k[1] for k in wanted},
-                ),
-                using,
-            )
-            return {(r.job_id, r.run_time): r for r in rows if (r.job_id, r.run_time) in wanted}
+                DjangoJobExecution.objects.using(using).of_runs(wanted), using
+            ).values_list("id", "job_id", "run_time", "status", "exception", "traceback")
+            return {
+                (job_id, run_time): (pk, status, exception, traceback)
+                for pk, job_id, run_time, status, exception, traceback in rows
+                if (job_id, run_time) in wanted
+            }
 
         existing = fetch()
-        changed = [row for key, row in existing.items() if wanted[key].apply(row)]
+        changes: list[list[Any]] = []
+        for key, (pk, _, exception, traceback) in existing.items():
+            values = wanted[key].values(exception, traceback)
+            if values is not None:
+                changes.append([pk, *values])
         missing = wanted.keys() - existing.keys()
         if missing:
             # ignore_conflicts: another process may insert the same run meanwhile;
             # such a row is then merged with ours like any existing row.
-            DjangoJobExecution.objects.using(using).bulk_create(
-                [wanted[key].new_row() for key in missing], ignore_conflicts=True
+            db.insert_rows(
+                DjangoJobExecution,
+                using,
+                NEW_FIELDS,
+                [wanted[key].new_values() for key in missing],
+                ignore_conflicts=True,
             )
             inserted = fetch()
             for key in missing:
                 row = inserted.get(key)
-                if row is not None and row.status != wanted[key].status and wanted[key].apply(row):
-                    changed.append(row)
-                if row is not None:
-                    existing[key] = row
-        db.update_rows(
-            DjangoJobExecution,
-            using,
-            changed,
-            ["status", "finished", "duration", "exception", "traceback"],
-        )
-        return {key: row.id for key, row in existing.items()}
+                if row is None:
+                    continue
+                pk, status, exception, traceback = row
+                if status != wanted[key].status:
+                    values = wanted[key].values(exception, traceback)
+                    if values is not None:
+                        changes.append([pk, *values])
+                existing[key] = row
+        db.update_values(DjangoJobExecution, using, ROW_FIELDS, changes)
+        return {key: row[0] for key, row in existing.items()}
 
 
 def write_now(records: Iterable[Record]) -> dict[tuple[str, datetime], int]:
@@ -388,6 +403,24 @@ def _note_start(job_id: str, run_time: Any) -> None:
         )
 
 
+class RunPace:
+    """How long this process's runs took lately: a moving average, sizing dispatch rounds."""
+
+    WEIGHT = 0.1
+
+    def __init__(self) -> None:
+        #: Seconds, or None before the first run ended.
+        self.mean: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        mean = self.mean  # a lost update between threads only blurs the average
+        self.mean = seconds if mean is None else mean + self.WEIGHT * (seconds - mean)
+
+
+#: The pace of the runs of this process.
+pace = RunPace()
+
+
 def pop_start(job_id: str, run_time: datetime | None) -> float | None:
     """Return (and forget) when the run of ``job_id`` at ``run_time`` entered the job function."""
     if run_time is None:
@@ -422,13 +455,17 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
         @functools.wraps(func)
         def run_coroutine(*args: Any, **kwargs: Any) -> Any:
             run_time = internals.caller_run_time()
-            with runlocks.holding(job_id, slots):
-                _note_start(job_id, run_time)
-                close_old_connections()
-                try:
-                    return asyncio.run(func(*args, **kwargs))
-                finally:
+            entered = time.perf_counter()
+            try:
+                with runlocks.holding(job_id, slots):
+                    _note_start(job_id, run_time)
                     close_old_connections()
+                    try:
+                        return asyncio.run(func(*args, **kwargs))
+                    finally:
+                        close_old_connections()
+            finally:
+                pace.observe(time.perf_counter() - entered)
 
         job.func = run_coroutine
         return
@@ -454,13 +491,17 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
         run_time = internals.caller_run_time()
-        with runlocks.holding(job_id, slots):
-            _note_start(job_id, run_time)
-            close_old_connections()
-            try:
-                return func(*args, **kwargs)
-            finally:
+        entered = time.perf_counter()
+        try:
+            with runlocks.holding(job_id, slots):
+                _note_start(job_id, run_time)
                 close_old_connections()
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    close_old_connections()
+        finally:
+            pace.observe(time.perf_counter() - entered)
 
     job.func = run
 
@@ -596,10 +637,7 @@ def send_signals(records: list[Record]) -> None:
     rows: dict[tuple[str, datetime], DjangoJobExecution] = {}
     if listened:
         try:
-            found = DjangoJobExecution.objects.filter(
-                job_id__in={r.job_id for r in listened},
-                run_time__in={r.run_time for r in listened},
-            )
+            found = DjangoJobExecution.objects.of_runs(r.key for r in listened)
             rows = {(row.job_id, row.run_time): row for row in found}
         except Exception:
             logger.exception(

@@ -56,6 +56,10 @@ BROKEN_RETRY_INTERVAL = 60.0
 #: another session (a transaction that changed them and has not committed yet).
 LOCKED_RETRY_INTERVAL = 0.25
 
+#: Seconds within which the due jobs a round claims should all start here
+#: (see ``DjangoJobStore._dispatch_limit``).
+ROUND_HORIZON = 0.05
+
 
 def validate_job_id(job_id: Any) -> None:
     """Raise :class:`InvalidJobIdError` unless every database can store ``job_id``.
@@ -290,7 +294,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         in its thread the work is retried for as long as the scheduler runs.
         """
         patient = self._round.in_round()
-        return self._off_the_loop(
+        return self.off_the_loop(
             lambda: db.run_resiliently(
                 operation,
                 using=self.db,
@@ -299,7 +303,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             )
         )
 
-    def _off_the_loop(self, work: Callable[[], Any]) -> Any:
+    def off_the_loop(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` here, or on the store's worker thread if this thread runs an event loop.
 
         An ``AsyncIOScheduler`` calls the store from its event loop's thread
@@ -331,22 +335,29 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         return bool(internals.running_instances(executor).get(job_id))
 
     def _dispatch_limit(self) -> int:
-        """How many due jobs to claim in one round: what this process can start now.
+        """How many due jobs to claim in one round: what this process can start soon.
 
         A claimed job waits in this process until it runs, while another
         scheduler may have idle threads: so a round claims no more jobs than
-        the default executor has free threads (none when all are busy; the end
-        of a run wakes the scheduler again). Capped by
-        ``APSCHEDULER_DISPATCH_BATCH_SIZE``; an executor whose threads cannot be
-        counted gets the cap.
+        the default executor's threads can start within :data:`ROUND_HORIZON`,
+        judged by how long this process's runs took lately
+        (:data:`executions.pace`), less those already queued or running. That
+        is the free threads while runs are slow or unknown, and many more for
+        runs that take a moment (none when all are busy; the end of a run wakes
+        the scheduler again). Capped by ``APSCHEDULER_DISPATCH_BATCH_SIZE``; an
+        executor whose threads cannot be counted gets the cap.
         """
         limit = conf.dispatch_batch_size()
         executor = internals.executors(self._scheduler).get("default")
         workers = internals.max_workers(executor)
         if workers is None:
             return limit
+        capacity = workers
+        mean = executions.pace.mean
+        if mean is not None:
+            capacity = max(workers, int(workers * ROUND_HORIZON / max(mean, 1e-6)))
         busy = sum(internals.running_instances(executor).values())
-        return max(0, min(limit, workers - busy))
+        return max(0, min(limit, capacity - busy))
 
     def wake(self) -> None:
         """Wake the scheduler's loop, so it looks at the jobs again now."""
@@ -567,7 +578,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         round_ = self._round
         round_.begin(now)
         self._coordinator.dispatcher = threading.current_thread()
-        self._dispatch_connection = self._off_the_loop(lambda: connections[self.db])
+        self._dispatch_connection = self.off_the_loop(lambda: connections[self.db])
         self._coordinator.ensure_running()
         round_.flush()  # left over if a round ended without get_next_run_time
         # A job whose write-back is deferred still holds the fire just dispatched
@@ -583,6 +594,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         round_.claimed_nothing = not claims
 
         jobs = []
+        runs_here = []
         unusable = []
         for claim in claims:
             job = self._restore(claim.job_id, claim.job_state, claim.job_signature)
@@ -600,10 +612,12 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             else:
                 handoff.note_dispatch(job.id, False)
                 executions.instrument(job, self._awaits_coroutines(job.executor))
+                runs_here.append(job)
             jobs.append(job)
         if unusable:
             self._coordinator.release_now(unusable)
         round_.hand_out(job.id for job in jobs)
+        round_.hold_runs(runs_here)
         return jobs
 
     def get_next_run_time(self) -> datetime | None:
@@ -819,7 +833,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         connection is closed here too instead of lingering until exit.
         """
         self._stopped = True
-        self._off_the_loop(self._close)
+        self.off_the_loop(self._close)
         with self._loop_worker_lock:
             worker, self._loop_worker = self._loop_worker, None
         if worker is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Iterable, cast
 
 from django.db import models, router, transaction
 from django.db.models import Q
@@ -391,6 +391,18 @@ class DjangoJob(models.Model):
 
 class DjangoJobExecutionQuerySet(models.QuerySet):
     """Queries on the execution log."""
+
+    def of_runs(self, runs: Iterable[tuple[str, datetime]]) -> DjangoJobExecutionQuerySet:
+        """The rows of these (job id, run time) runs, and perhaps a few others.
+
+        One indexed query: the job ids and the run times are matched apart, so
+        callers keep only the pairs they asked for.
+        """
+        runs = list(runs)
+        return self.filter(
+            job_id__in={job_id for job_id, _ in runs},
+            run_time__in={run_time for _, run_time in runs},
+        )
 
     def unfinished_of(self, instance: str) -> DjangoJobExecutionQuerySet:
         """The runs ``instance`` submitted that have no final status yet ("Started execution")."""

@@ -15,6 +15,13 @@ and recorded "Max instances!".
 If the lock connection is lost, its locks are gone with it: the next use
 opens a new one and takes back the locks of the runs still going; one that
 another process took meanwhile is logged as an error naming the job.
+
+Round trips are batched, so a lock costs a fraction of one per run: a
+dispatch round takes the locks of all the runs it hands out in one statement
+(:meth:`RunLocks.reserve`), and the locks of runs that ended are given up
+together a moment later (:meth:`RunLocks.release_soon`), at the latest
+before this process gives up any claim (:meth:`RunLocks.settle`):
+a job is never claimable elsewhere while its ended run still holds its lock.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from django.db import router
 
@@ -37,6 +44,9 @@ T = TypeVar("T")
 #: Seconds a lock of a lost session may still be held (by that session, being
 #: ended by the server) before taking it back counts as failed.
 RETAKE_PATIENCE = 2.0
+
+#: Seconds the lock of a run that ended waits, to be given up with others.
+RELEASE_LINGER = 0.01
 
 
 class JobStillRunning(Exception):
@@ -70,21 +80,29 @@ class RunLocks:
 
     def __init__(self) -> None:
         self._mutex = threading.Lock()
+        self._wanted = threading.Condition(self._mutex)
         self._session: backends.RunLockSession | None = None
         self._using: str | None = None
         self._pid = 0
         # Lock name -> the job id whose run holds it.
         self._held: dict[str, str] = {}
+        # Job id -> locks taken for its runs that were dispatched and have not started.
+        self._reserved: dict[str, list[str]] = {}
+        self._coming: dict[str, Callable[[], bool]] = {}
+        # Held locks of runs that ended, to be given up by the next batch.
+        self._ending: set[str] = set()
+        self._releaser: threading.Thread | None = None
 
     def _open(self, using: str) -> backends.RunLockSession:
         """The session for ``using``, opened (again) if needed. Called under the mutex."""
         if self._pid != os.getpid():
             # A forked child: the parent's session is not ours (never close it here).
             self._session, self._held, self._pid = None, {}, os.getpid()
+            self._reserved, self._coming, self._ending = {}, {}, set()
         if self._session is not None and self._using != using:
             self._session.close()
             self._session = None
-            self._held = {}
+            self._held, self._reserved, self._coming, self._ending = {}, {}, {}, set()
         if self._session is None:
             self._session = backends.for_alias(using).run_lock_session(using)
             self._using = using
@@ -120,6 +138,10 @@ class RunLocks:
         if self._session is not None:
             self._session.close()
         self._session = None
+        # The locks of ended runs are gone with the session: not taken back.
+        for name in self._ending:
+            self._held.pop(name, None)
+        self._ending.clear()
 
     def _with_session(
         self, using: str, action: str, call: Callable[[backends.RunLockSession], T]
@@ -146,6 +168,9 @@ class RunLocks:
         with self._mutex:
             for slot in range(max(1, slots)):
                 name = lock_name(job_id, slot)
+                if name in self._ending:  # a run here just ended: its lock passes on
+                    self._ending.discard(name)
+                    return name
                 if name in self._held:
                     continue
 
@@ -156,6 +181,126 @@ class RunLocks:
                     self._held[name] = job_id
                     return name
             return None
+
+    def reserve(
+        self, runs: Iterable[tuple[str, int, Callable[[], bool]]], using: str | None = None
+    ) -> None:
+        """Take a lock for the coming run of each ``(job_id, slots, coming)``, in one round trip.
+
+        A dispatch round calls this for the runs it hands out; each run then
+        finds its lock taken (:meth:`take_reserved`). ``coming()`` says
+        whether the run is still queued here: once it is not and the run did
+        not take its lock (its executor refused it), the lock is given up
+        (:meth:`drop_reservations`). A job whose free slot is held elsewhere
+        gets none here: its run tries again when it starts (:meth:`acquire`),
+        and is refused if the slot is still held. Raises a database error if
+        the locks cannot be reached.
+        """
+        using = using or _default_alias()
+        with self._mutex:
+            names: list[str] = []
+            owners: list[tuple[str, Callable[[], bool]]] = []
+            for job_id, slots, coming in runs:
+                for slot in range(max(1, slots)):
+                    name = lock_name(job_id, slot)
+                    if name in self._ending:
+                        self._ending.discard(name)
+                        self._reserve(job_id, name, coming)
+                        break
+                    if name not in self._held:
+                        names.append(name)
+                        owners.append((job_id, coming))
+                        break
+            if not names:
+                return
+            taken = self._with_session(
+                using, "lock the dispatched jobs", lambda session: session.try_lock_many(names)
+            )
+            for name, (job_id, coming), ok in zip(names, owners, taken):
+                if ok:
+                    self._held[name] = job_id
+                    self._reserve(job_id, name, coming)
+
+    def _reserve(self, job_id: str, name: str, coming: Callable[[], bool]) -> None:
+        """Called under the mutex."""
+        self._reserved.setdefault(job_id, []).append(name)
+        self._coming[job_id] = coming
+
+    def take_reserved(self, job_id: str) -> str | None:
+        """The lock :meth:`reserve` took for a run of ``job_id``, now the run's; None if none."""
+        with self._mutex:
+            names = self._reserved.get(job_id)
+            if not names:
+                return None
+            name = names.pop()
+            if not names:
+                del self._reserved[job_id]
+                self._coming.pop(job_id, None)
+            return name
+
+    def drop_reservations(self) -> None:
+        """Give up (soon) the reserved locks of runs that are no longer coming.
+
+        Called at the end of each dispatch round, and before claims are given up.
+        """
+        with self._mutex:
+            gone = [job_id for job_id, coming in self._coming.items() if not coming()]
+            for job_id in gone:
+                self._ending.update(self._reserved.pop(job_id, ()))
+                del self._coming[job_id]
+            if self._ending:
+                self._wake_releaser()
+
+    def release_soon(self, name: str) -> None:
+        """Give up the lock ``name`` of a run that ended, with others, within a moment."""
+        with self._mutex:
+            if name not in self._held:
+                return
+            self._ending.add(name)
+            self._wake_releaser()
+
+    def flush_releases(self) -> None:
+        """Give up now the locks :meth:`release_soon` is about to (before a claim is given up)."""
+        with self._mutex:
+            self._flush_ending()
+
+    def settle(self) -> None:
+        """Before this process gives up claims: give up the locks of ended and of refused runs."""
+        self.drop_reservations()
+        self.flush_releases()
+
+    def _flush_ending(self) -> None:
+        """Called under the mutex."""
+        if not self._ending:
+            return
+        names = sorted(self._ending)
+        self._ending.clear()
+        for name in names:
+            self._held.pop(name, None)
+        if self._session is None or self._pid != os.getpid():
+            return  # lost with their session: nothing left to give up
+        try:
+            self._session.unlock_many(names)
+        except Exception as exc:  # the session's end gives the locks up too
+            self._lost(exc)
+
+    def _wake_releaser(self) -> None:
+        """Called under the mutex."""
+        if self._releaser is None or not self._releaser.is_alive():
+            self._releaser = threading.Thread(
+                target=self._release_loop, name="django_apscheduler-runlocks", daemon=True
+            )
+            self._releaser.start()
+        self._wanted.notify()
+
+    def _release_loop(self) -> None:
+        while True:
+            with self._mutex:
+                while not self._ending:
+                    self._wanted.wait()
+            time.sleep(RELEASE_LINGER)  # the runs ending meanwhile go in the same batch
+            with self._mutex:
+                self._flush_ending()
 
     def holder(self, job_id: str, using: str | None = None) -> str | None:
         """Who holds slot 0 of ``job_id``'s run locks, for messages (None if unknown)."""
@@ -169,6 +314,7 @@ class RunLocks:
     def release(self, name: str) -> None:
         """Give up the lock ``name`` taken by :meth:`acquire`."""
         with self._mutex:
+            self._ending.discard(name)
             if self._held.pop(name, None) is None:
                 return
             if self._session is None or self._pid != os.getpid():
@@ -199,11 +345,15 @@ class RunLocks:
             if self._session is not None and self._pid == os.getpid():
                 self._session.close()
             self._session, self._held = None, {}
+            self._reserved, self._coming, self._ending = {}, {}, set()
 
     def _after_fork_in_child(self) -> None:
         """A forked child (a process pool's worker, a pre-forking server's worker) starts afresh."""
         self._mutex = threading.Lock()  # the fork may have copied it locked
+        self._wanted = threading.Condition(self._mutex)
+        self._releaser = None
         session, self._session, self._held = self._session, None, {}
+        self._reserved, self._coming, self._ending = {}, {}, set()
         self._pid = os.getpid()
         if session is not None:
             session.forget_in_child()
@@ -223,7 +373,7 @@ def holding(job_id: str, max_instances: int) -> Iterator[None]:
     the run would be worse.
     """
     try:
-        name = locks.acquire(job_id, max_instances)
+        name = locks.take_reserved(job_id) or locks.acquire(job_id, max_instances)
     except Exception as exc:
         logger.warning(
             "Job %r runs without its run lock (the database cannot be reached: %s); another "
@@ -246,4 +396,4 @@ def holding(job_id: str, max_instances: int) -> Iterator[None]:
     try:
         yield
     finally:
-        locks.release(name)
+        locks.release_soon(name)
