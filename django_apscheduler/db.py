@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from django.db import DatabaseError, connections
 from django.db.models import Field, Model
@@ -89,19 +89,39 @@ def run_resiliently(
             pause = min(pause * 2, _LONGEST_PAUSE)
 
 
+#: Rows per statement of :func:`insert_rows` and :func:`update_values`.
+ROWS_PER_STATEMENT = 250
+
+
+def _chunks(rows: Iterable[Sequence[Any]]) -> Iterator[list[Sequence[Any]]]:
+    chunk: list[Sequence[Any]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == ROWS_PER_STATEMENT:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def insert_rows(
     model: type[Model],
     using: str,
     fields: list[str],
     rows: Iterable[Sequence[Any]],
+    *,
     ignore_conflicts: bool = False,
+    update_fields: list[str] | None = None,
+    unique_fields: list[str] | None = None,
 ) -> None:
-    """``INSERT`` each of ``rows`` (the values of ``fields``, in order) with one ``executemany``.
+    """``INSERT`` ``rows`` (each the values of ``fields``, in order), many rows per statement.
 
-    Like ``bulk_create``, without building a model instance per row: the log
-    writes one row per run. Every other column gets its field's default.
-    With ``ignore_conflicts`` a row that would break a unique constraint is
-    left out, as ``bulk_create(ignore_conflicts=True)`` does.
+    Like ``bulk_create``, without building a model instance or an expression
+    per row: the log writes a row per run. Every other column gets its
+    field's default. As with ``bulk_create``, ``ignore_conflicts`` leaves
+    out a row that would break a unique constraint, and ``update_fields``
+    (with ``unique_fields`` naming the constraint) updates the existing row
+    instead, in Django's own SQL for each backend.
     """
     connection = connections[using]
     meta = model._meta
@@ -112,29 +132,34 @@ def insert_rows(
         for field in meta.concrete_fields
         if field.name not in fields and field.attname not in fields and not field.primary_key
     ]
-    on_conflict = OnConflict.IGNORE if ignore_conflicts else None
+    on_conflict = (
+        OnConflict.UPDATE if update_fields else OnConflict.IGNORE if ignore_conflicts else None
+    )
     columns = [column for _, column in given] + [str(field.column) for field, _ in defaults]
-    sql = "{} {} ({}) VALUES ({}){}".format(
+    suffix = connection.ops.on_conflict_suffix_sql(
+        [field for field, _ in given],
+        on_conflict,
+        [_column(model, name)[1] for name in update_fields or ()],
+        [_column(model, name)[1] for name in unique_fields or ()],
+    )
+    head = "{} {} ({}) VALUES ".format(
         connection.ops.insert_statement(on_conflict=on_conflict),
         quote(meta.db_table),
         ", ".join(quote(column) for column in columns),
-        ", ".join(["%s"] * len(columns)),
-        " " + suffix
-        if (
-            suffix := connection.ops.on_conflict_suffix_sql(
-                [field for field, _ in given], on_conflict, None, None
-            )
-        )
-        else "",
     )
+    one = "({})".format(", ".join(["%s"] * len(columns)))
     tail = [value for _, value in defaults]
-    params = [
-        [field.get_db_prep_save(value, connection) for (field, _), value in zip(given, row)] + tail
-        for row in rows
-    ]
-    if params:
-        with connection.cursor() as cursor:
-            cursor.executemany(sql, params)
+    with connection.cursor() as cursor:
+        for chunk in _chunks(rows):
+            params: list[Any] = []
+            for row in chunk:
+                params.extend(
+                    field.get_db_prep_save(value, connection)
+                    for (field, _), value in zip(given, row)
+                )
+                params.extend(tail)
+            sql = head + ", ".join([one] * len(chunk)) + (" " + suffix if suffix else "")
+            cursor.execute(sql, params)
 
 
 def update_values(
@@ -142,8 +167,11 @@ def update_values(
 ) -> int:
     """``UPDATE`` rows by primary key: each of ``rows`` is the key, then the values of ``fields``.
 
-    One parametrised statement with one ``executemany`` (see :func:`update_rows`).
-    Returns the number of rows given.
+    Many rows per statement, on every backend: a column that gets one value
+    in all of them is set to it, any other to a ``CASE`` on the key. Django's
+    ``bulk_update`` writes the same SQL, but builds an expression per row and
+    field in Python, which costs more than the database's work. Returns the
+    number of rows given.
     """
     connection = connections[using]
     meta = model._meta
@@ -151,30 +179,43 @@ def update_values(
     columns = [_column(model, name) for name in fields]
     pk = meta.pk
     assert pk is not None and pk.column is not None
-    sql = "UPDATE {} SET {} WHERE {} = %s".format(
-        quote(meta.db_table),
-        ", ".join(f"{quote(column)} = %s" for _, column in columns),
-        quote(pk.column),
-    )
-    params = [
-        [field.get_db_prep_save(value, connection) for (field, _), value in zip(columns, row[1:])]
-        + [pk.get_db_prep_value(row[0], connection)]
-        for row in rows
-    ]
-    if params:
-        with connection.cursor() as cursor:
-            cursor.executemany(sql, params)
-    return len(params)
+    key = quote(pk.column)
+    cast = connection.features.requires_casted_case_in_updates
+    count = 0
+    with connection.cursor() as cursor:
+        for chunk in _chunks(rows):
+            count += len(chunk)
+            keys = [pk.get_db_prep_value(row[0], connection) for row in chunk]
+            sets: list[str] = []
+            params: list[Any] = []
+            for index, (field, column) in enumerate(columns, start=1):
+                values = [field.get_db_prep_save(row[index], connection) for row in chunk]
+                if all(value == values[0] for value in values):
+                    sets.append(f"{quote(column)} = %s")
+                    params.append(values[0])
+                    continue
+                then = f"CAST(%s AS {field.cast_db_type(connection)})" if cast else "%s"
+                sets.append(
+                    f"{quote(column)} = CASE {key} "
+                    + " ".join([f"WHEN %s THEN {then}"] * len(chunk))
+                    + " END"
+                )
+                for pk_value, value in zip(keys, values):
+                    params.extend((pk_value, value))
+            params.extend(keys)
+            cursor.execute(
+                "UPDATE {} SET {} WHERE {} IN ({})".format(
+                    quote(meta.db_table), ", ".join(sets), key, ", ".join(["%s"] * len(keys))
+                ),
+                params,
+            )
+    return count
 
 
 def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: list[str]) -> int:
     """``UPDATE`` each of ``rows`` by primary key, setting ``fields``, with one ``executemany``.
 
-    Django's ``bulk_update`` builds a ``CASE`` expression per field and row in
-    Python, which costs more than the database's work for the few dozen rows
-    of a dispatch round or a log batch. One parametrised statement, executed
-    for every row, is plain SQL on every backend (psycopg pipelines it into
-    one round trip). Returns the number of rows given.
+    See :func:`update_values`. Returns the number of rows given.
     """
     attnames = [_column(model, name)[0].attname for name in fields]
     return update_values(

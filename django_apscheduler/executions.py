@@ -145,33 +145,28 @@ class Record:
             later.instance = self.instance
         return later
 
-    def values(self, exception: str | None, traceback: str | None) -> list[Any] | None:
-        """The :data:`ROW_FIELDS` of the run's row after this record; None: the row stays as it is.
+    def new_values(self) -> list[Any]:
+        """The :data:`NEW_FIELDS` of the run's row as this record has it.
 
-        ``exception`` and ``traceback`` are the row's current ones: a record
-        without its own keeps them, except a success, which clears them (a
-        scheduler taken for dead marks its runs Interrupted).
+        A final record's :data:`ROW_FIELDS` replace those of a row already
+        there: its status, times, exception and traceback (a success has
+        none, whatever was noted before: a scheduler taken for dead marks its
+        runs Interrupted).
         """
-        if not self.is_final:
-            return None
-        if self.status == DjangoJobExecution.SUCCESS:
-            exception = traceback = None
         finished = None if self.finished is None else decimal_seconds(self.finished)
         return [
+            self.job_id,
+            self.run_time,
+            self.instance,
             self.status,
             finished,
             self.duration(),
-            self.exception or exception,
-            self.traceback or traceback,
+            self.exception,
+            self.traceback,
         ]
 
-    def new_values(self) -> list[Any]:
-        """The :data:`NEW_FIELDS` of a new row for this record."""
-        values = self.values(None, None) or [self.status, None, None, None, None]
-        return [self.job_id, self.run_time, self.instance, *values]
 
-
-#: The columns a record writes into its run's row, in the order of ``Record.values``.
+#: The columns a final record writes into its run's row.
 ROW_FIELDS = ["status", "finished", "duration", "exception", "traceback"]
 #: The columns of a new row, in the order of ``Record.new_values``.
 NEW_FIELDS = ["job", "run_time", "instance", *ROW_FIELDS]
@@ -191,18 +186,18 @@ def _merge_all(records: Iterable[Record]) -> dict[tuple[str, datetime], Record]:
 
 
 def _write(
-    records: dict[tuple[str, datetime], Record], using: str
+    records: dict[tuple[str, datetime], Record], using: str, want_ids: bool = True
 ) -> dict[tuple[str, datetime], int]:
     """Write merged records in one transaction; return the execution id of each key written.
 
-    Runs of jobs that no longer exist are skipped. A job may also be removed
-    while its runs are being written (the removal locks the job first): the
-    foreign key then fails this transaction, and it is written again without
-    that job's runs.
+    Runs of jobs that no longer exist are skipped: a job may be removed
+    while its runs are being written (the removal locks the job first), and
+    the foreign key then fails the transaction; it is written again without
+    the runs of the jobs that are gone.
     """
     while True:  # each retry drops at least one job, so this ends
         try:
-            return _write_once(records, using)
+            return _write_once(records, using, want_ids)
         except IntegrityError:
             job_ids = {job_id for job_id, _ in records}
             alive = set(
@@ -212,63 +207,53 @@ def _write(
                 raise  # not a removed job: a real error
             records = {key: rec for key, rec in records.items() if key[0] in alive}
             logger.debug("Jobs %s were removed while their runs were logged", job_ids - alive)
+            if not records:
+                return {}
 
 
 def _write_once(
-    records: dict[tuple[str, datetime], Record], using: str
+    records: dict[tuple[str, datetime], Record], using: str, want_ids: bool
 ) -> dict[tuple[str, datetime], int]:
-    job_ids = {job_id for job_id, _ in records}
-    backend = backends.for_alias(using)
-    with backend.write_transaction(using):
-        jobs = DjangoJob.objects.using(using).filter(id__in=job_ids)
-        alive = set(jobs.values_list("id", flat=True))
-        wanted = {key: rec for key, rec in records.items() if key[0] in alive}
-        for key in records.keys() - wanted.keys():
-            logger.debug("Job %r no longer exists; not logging its run at %s", key[0], key[1])
-        if not wanted:
-            return {}
+    """One statement for the runs that started, one for those that ended; no read first.
 
-        def fetch() -> dict[tuple[str, datetime], tuple[int, str, str | None, str | None]]:
-            """The rows of the wanted runs: (id, status, exception, traceback), locked."""
-            rows = backend.lock_for_write(
-                DjangoJobExecution.objects.using(using).of_runs(wanted), using
-            ).values_list("id", "job_id", "run_time", "status", "exception", "traceback")
-            return {
-                (job_id, run_time): (pk, status, exception, traceback)
-                for pk, job_id, run_time, status, exception, traceback in rows
-                if (job_id, run_time) in wanted
-            }
-
-        existing = fetch()
-        changes: list[list[Any]] = []
-        for key, (pk, _, exception, traceback) in existing.items():
-            values = wanted[key].values(exception, traceback)
-            if values is not None:
-                changes.append([pk, *values])
-        missing = wanted.keys() - existing.keys()
-        if missing:
-            # ignore_conflicts: another process may insert the same run meanwhile;
-            # such a row is then merged with ours like any existing row.
+    A "Started execution" row never replaces a row already there; a final
+    status replaces whatever is there (:meth:`Record.values`). Another
+    process may write the same run meanwhile: the unique (job, run time)
+    constraint makes that an update.
+    """
+    executions = DjangoJobExecution.objects.using(using)
+    with backends.for_alias(using).write_transaction(using):
+        # Runs of jobs that are gone are left out before the insert: the
+        # foreign key may be checked only at the commit of an outer transaction.
+        job_ids = {job_id for job_id, _ in records}
+        alive = set(
+            DjangoJob.objects.using(using).filter(id__in=job_ids).values_list("id", flat=True)
+        )
+        for key in records:
+            if key[0] not in alive:
+                logger.debug("Job %r no longer exists; not logging its run at %s", *key)
+        started = [r.new_values() for r in records.values() if not r.is_final and r.job_id in alive]
+        ended = [r.new_values() for r in records.values() if r.is_final and r.job_id in alive]
+        if started:
+            db.insert_rows(DjangoJobExecution, using, NEW_FIELDS, started, ignore_conflicts=True)
+        if ended:
             db.insert_rows(
                 DjangoJobExecution,
                 using,
                 NEW_FIELDS,
-                [wanted[key].new_values() for key in missing],
-                ignore_conflicts=True,
+                ended,
+                update_fields=ROW_FIELDS,
+                unique_fields=["job", "run_time"],
             )
-            inserted = fetch()
-            for key in missing:
-                row = inserted.get(key)
-                if row is None:
-                    continue
-                pk, status, exception, traceback = row
-                if status != wanted[key].status:
-                    values = wanted[key].values(exception, traceback)
-                    if values is not None:
-                        changes.append([pk, *values])
-                existing[key] = row
-        db.update_values(DjangoJobExecution, using, ROW_FIELDS, changes)
-        return {key: row[0] for key, row in existing.items()}
+        if not want_ids:
+            return {}
+        return {
+            (job_id, run_time): pk
+            for pk, job_id, run_time in executions.of_runs(records).values_list(
+                "id", "job_id", "run_time"
+            )
+            if (job_id, run_time) in records
+        }
 
 
 def write_now(records: Iterable[Record]) -> dict[tuple[str, datetime], int]:
@@ -679,7 +664,7 @@ def write_now_patiently(records: list[Record]) -> None:
         return
     using = router.db_for_write(DjangoJobExecution)
     db.run_resiliently(
-        lambda: _write(merged, using),
+        lambda: _write(merged, using, want_ids=False),
         using=using,
         description="record job executions",
         keep_trying=lambda: not _shutting_down,
