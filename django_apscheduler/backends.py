@@ -353,6 +353,64 @@ class Backend:
         found = instances.filter(pk=instance_id).update(last_heartbeat=now)
         return bool(found), None
 
+    def insert_many(
+        self,
+        cursor: Any,
+        head: str,
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        suffix: str,
+    ) -> None:
+        """Run ``head`` (``INSERT INTO t (columns)``) for ``rows``, then ``suffix``, in one statement.
+
+        ``types`` are the columns' SQL types (for databases that need them).
+        Portable: a ``VALUES`` list of all the rows.
+        """
+        one = "({})".format(", ".join(["%s"] * len(types)))
+        cursor.execute(
+            f"{head} VALUES {', '.join([one] * len(rows))}{suffix}",
+            [value for row in rows for value in row],
+        )
+
+    def update_many(
+        self,
+        cursor: Any,
+        table: str,
+        key: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        """``UPDATE table`` by ``key``: each of ``rows`` is the key, then the values of ``columns``.
+
+        ``types`` are the SQL types of the key and the columns. Portable: a
+        column that gets one value in all rows is set to it, any other to a
+        ``CASE`` on the key (cast where the database needs it, as Django's
+        ``bulk_update`` does).
+        """
+        cast = cursor.db.features.requires_casted_case_in_updates
+        sets: list[str] = []
+        params: list[Any] = []
+        for index, column in enumerate(columns, start=1):
+            values = [row[index] for row in rows]
+            if all(value == values[0] for value in values):
+                sets.append(f"{column} = %s")
+                params.append(values[0])
+                continue
+            then = f"CAST(%s AS {types[index]})" if cast else "%s"
+            sets.append(
+                f"{column} = CASE {key} " + " ".join([f"WHEN %s THEN {then}"] * len(rows)) + " END"
+            )
+            for row, value in zip(rows, values):
+                params.extend((row[0], value))
+        params.extend(row[0] for row in rows)
+        cursor.execute(
+            "UPDATE {} SET {} WHERE {} IN ({})".format(
+                table, ", ".join(sets), key, ", ".join(["%s"] * len(rows))
+            ),
+            params,
+        )
+
     def lock_unclaimed(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
         """Lock the rows ``queryset`` selects for writing, skipping rows another transaction holds.
 
@@ -428,6 +486,39 @@ class PostgreSQLBackend(Backend):
     _RETRY_CODES = frozenset(
         {"53300", "57P01", "57P02", "57P03", "57P05", "25P03", "40001", "40P01", "55P03"}
     )
+
+    def insert_many(
+        self,
+        cursor: Any,
+        head: str,
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        suffix: str,
+    ) -> None:
+        # One array per column: a statement of a few parameters, whatever the
+        # number of rows (psycopg parses a statement of thousands in Python).
+        arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
+        cursor.execute(
+            f"{head} SELECT * FROM unnest({arrays}){suffix}",
+            [list(column) for column in zip(*rows)],
+        )
+
+    def update_many(
+        self,
+        cursor: Any,
+        table: str,
+        key: str,
+        columns: Sequence[str],
+        types: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+    ) -> None:
+        arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
+        names = ", ".join(f"c{index}" for index in range(len(types)))
+        sets = ", ".join(f"{column} = v.c{index}" for index, column in enumerate(columns, start=1))
+        cursor.execute(
+            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({names}) WHERE {key} = v.c0",
+            [list(column) for column in zip(*rows)],
+        )
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, InterfaceError):

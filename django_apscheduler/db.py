@@ -126,7 +126,7 @@ def insert_rows(
     connection = connections[using]
     meta = model._meta
     quote = connection.ops.quote_name
-    given = [_column(model, name) for name in fields]
+    given = [_column(model, name)[0] for name in fields]
     defaults = [
         (field, field.get_db_prep_save(field.get_default(), connection))
         for field in meta.concrete_fields
@@ -135,31 +135,29 @@ def insert_rows(
     on_conflict = (
         OnConflict.UPDATE if update_fields else OnConflict.IGNORE if ignore_conflicts else None
     )
-    columns = [column for _, column in given] + [str(field.column) for field, _ in defaults]
+    every = given + [field for field, _ in defaults]
     suffix = connection.ops.on_conflict_suffix_sql(
-        [field for field, _ in given],
+        given,
         on_conflict,
         [_column(model, name)[1] for name in update_fields or ()],
         [_column(model, name)[1] for name in unique_fields or ()],
     )
-    head = "{} {} ({}) VALUES ".format(
+    head = "{} {} ({})".format(
         connection.ops.insert_statement(on_conflict=on_conflict),
         quote(meta.db_table),
-        ", ".join(quote(column) for column in columns),
+        ", ".join(quote(str(field.column)) for field in every),
     )
-    one = "({})".format(", ".join(["%s"] * len(columns)))
+    types = [str(field.cast_db_type(connection)) for field in every]
     tail = [value for _, value in defaults]
+    backend = backends.for_alias(using)
     with connection.cursor() as cursor:
         for chunk in _chunks(rows):
-            params: list[Any] = []
-            for row in chunk:
-                params.extend(
-                    field.get_db_prep_save(value, connection)
-                    for (field, _), value in zip(given, row)
-                )
-                params.extend(tail)
-            sql = head + ", ".join([one] * len(chunk)) + (" " + suffix if suffix else "")
-            cursor.execute(sql, params)
+            prepared = [
+                [field.get_db_prep_save(value, connection) for field, value in zip(given, row)]
+                + tail
+                for row in chunk
+            ]
+            backend.insert_many(cursor, head, types, prepared, " " + suffix if suffix else "")
 
 
 def update_values(
@@ -167,71 +165,48 @@ def update_values(
 ) -> int:
     """``UPDATE`` rows by primary key: each of ``rows`` is the key, then the values of ``fields``.
 
-    Many rows per statement, on every backend: a column that gets one value
-    in all of them is set to it, any other to a ``CASE`` on the key. Django's
-    ``bulk_update`` writes the same SQL, but builds an expression per row and
-    field in Python, which costs more than the database's work. Returns the
-    number of rows given.
+    Many rows per statement, in SQL of the backend's (:meth:`backends.Backend.update_many`);
+    Django's ``bulk_update`` builds an expression per row and field in
+    Python, which costs more than the database's work. Returns the number
+    of rows given.
     """
     connection = connections[using]
     meta = model._meta
     quote = connection.ops.quote_name
-    columns = [_column(model, name) for name in fields]
+    columns = [_column(model, name)[0] for name in fields]
     pk = meta.pk
     assert pk is not None and pk.column is not None
-    key = quote(pk.column)
-    cast = connection.features.requires_casted_case_in_updates
+    types = [str(field.cast_db_type(connection)) for field in [pk, *columns]]
+    backend = backends.for_alias(using)
     count = 0
     with connection.cursor() as cursor:
         for chunk in _chunks(rows):
             count += len(chunk)
-            keys = [pk.get_db_prep_value(row[0], connection) for row in chunk]
-            sets: list[str] = []
-            params: list[Any] = []
-            for index, (field, column) in enumerate(columns, start=1):
-                values = [field.get_db_prep_save(row[index], connection) for row in chunk]
-                if all(value == values[0] for value in values):
-                    sets.append(f"{quote(column)} = %s")
-                    params.append(values[0])
-                    continue
-                then = f"CAST(%s AS {field.cast_db_type(connection)})" if cast else "%s"
-                sets.append(
-                    f"{quote(column)} = CASE {key} "
-                    + " ".join([f"WHEN %s THEN {then}"] * len(chunk))
-                    + " END"
-                )
-                for pk_value, value in zip(keys, values):
-                    params.extend((pk_value, value))
-            params.extend(keys)
-            cursor.execute(
-                "UPDATE {} SET {} WHERE {} IN ({})".format(
-                    quote(meta.db_table), ", ".join(sets), key, ", ".join(["%s"] * len(keys))
-                ),
-                params,
+            prepared = [
+                [pk.get_db_prep_value(row[0], connection)]
+                + [
+                    field.get_db_prep_save(value, connection)
+                    for field, value in zip(columns, row[1:])
+                ]
+                for row in chunk
+            ]
+            backend.update_many(
+                cursor,
+                quote(meta.db_table),
+                quote(pk.column),
+                [quote(str(field.column)) for field in columns],
+                types,
+                prepared,
             )
     return count
 
 
-def update_rows(model: type[Model], using: str, rows: Iterable[Model], fields: list[str]) -> int:
-    """``UPDATE`` each of ``rows`` by primary key, setting ``fields``, with one ``executemany``.
-
-    See :func:`update_values`. Returns the number of rows given.
-    """
-    attnames = [_column(model, name)[0].attname for name in fields]
-    return update_values(
-        model,
-        using,
-        fields,
-        ([row.pk] + [getattr(row, attname) for attname in attnames] for row in rows),
-    )
-
-
 def _column(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:
-    """The field ``name`` of ``model`` and its column, for :func:`update_rows`."""
+    """The field ``name`` of ``model`` and its column, for the row writers above."""
     field = model._meta.get_field(name)
     if not isinstance(field, Field) or field.column is None:
         raise ValueError(
-            f"update_rows: {model.__name__}.{name} has no column of its own; "
+            f"{model.__name__}.{name} has no column of its own; "
             "pass only the names of concrete fields."
         )
     return field, field.column

@@ -39,6 +39,17 @@ logger = logging.getLogger(__name__)
 NEXT_VERSION = Coalesce(F("version"), Value(0)) + 1
 
 
+#: The columns a write-back sets, in the order ``DispatchRound.flush`` gives them.
+WRITE_BACK_FIELDS = [
+    "next_run_time",
+    "job_state",
+    "job_signature",
+    "version",
+    "acquired_by",
+    "acquired_until",
+]
+
+
 @dataclass
 class WriteBack:
     """What the dispatch of one job changed, waiting for the end of the round."""
@@ -185,30 +196,23 @@ class DispatchRound:
                     if wb.claim is not None
                     and current.get(wb.job_id) == (wb.claim.version, instance)
                 ]
-                updated = [
-                    DjangoJob(
-                        id=wb.job_id,
-                        next_run_time=wb.next_run_time,
-                        job_state=wb.state,
-                        job_signature=signing.sign(wb.job_id, wb.state),
-                        version=(wb.claim.version or 0) + 1,  # type: ignore[union-attr]
-                        acquired_by=instance if wb.job_id in keep else None,
-                        acquired_until=until if wb.job_id in keep else None,
-                    )
-                    for wb in clean
-                ]
-                db.update_rows(
+                keeps = [wb.job_id in keep for wb in clean]
+                db.update_values(
                     DjangoJob,
                     using,
-                    updated,
-                    [
-                        "next_run_time",
-                        "job_state",
-                        "job_signature",
-                        "version",
-                        "acquired_by",
-                        "acquired_until",
-                    ],
+                    WRITE_BACK_FIELDS,
+                    (
+                        [
+                            wb.job_id,
+                            wb.next_run_time,
+                            wb.state,
+                            signing.sign(wb.job_id, wb.state),
+                            (wb.claim.version or 0) + 1,  # type: ignore[union-attr]
+                            instance if kept else None,
+                            until if kept else None,
+                        ]
+                        for wb, kept in zip(clean, keeps)
+                    ),
                 )
             return {wb.job_id for wb in clean}
 

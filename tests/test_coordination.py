@@ -737,12 +737,12 @@ def test_a_write_back_that_failed_is_retried_not_dispatched_again(a, monkeypatch
 
     a.add_job(make_job(a, next_run_time=at(0)))
     (job,) = a.get_due_jobs(at(10))
-    real_update_rows = db.update_rows
+    real_update_values = db.update_values
 
-    def failing_update_rows(*args, **kwargs):
+    def failing_update_values(*args, **kwargs):
         raise DatabaseError("the server went away (injected)")
 
-    monkeypatch.setattr(db, "update_rows", failing_update_rows)
+    monkeypatch.setattr(db, "update_values", failing_update_values)
     job._modify(next_run_time=at(60))
     a.update_job(job)
     with caplog.at_level(logging.ERROR, logger="django_apscheduler"):
@@ -750,7 +750,7 @@ def test_a_write_back_that_failed_is_retried_not_dispatched_again(a, monkeypatch
     assert "Could not write back 1 dispatched jobs" in caplog.text
     assert a._coordinator.deferred_ids() == ["job"]
     assert row().acquired_by == a._coordinator.instance_id  # still ours
-    monkeypatch.setattr(db, "update_rows", real_update_rows)
+    monkeypatch.setattr(db, "update_values", real_update_values)
     # The next round retries the write first, and does not claim the job again.
     assert a.get_due_jobs(at(20)) == [], "the fire at(0) was dispatched a second time"
     assert row().next_run_time == at(60)
