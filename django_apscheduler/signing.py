@@ -21,12 +21,15 @@ verified bytes or the reason they are refused; :func:`loads` is the only
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import pickle
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.utils.crypto import constant_time_compare, salted_hmac
+from django.utils.crypto import constant_time_compare
+from django.utils.encoding import force_bytes
 
 from django_apscheduler.exceptions import UntrustedJobStateError
 
@@ -65,8 +68,25 @@ def _message(job_id: str, job_state: bytes | memoryview) -> bytes:
     return b"%d:" % len(ident) + ident + bytes(job_state)
 
 
+#: The keyed HMAC of each secret seen, before any message: copied for each signature.
+_keyed: dict[bytes, hmac.HMAC] = {}
+
+
 def _signature(message: bytes, secret: Any) -> str:
-    return salted_hmac(SALT, message, secret=secret, algorithm="sha256").hexdigest()
+    """``salted_hmac(SALT, message, secret=secret, algorithm="sha256").hexdigest()``.
+
+    The same HMAC, with the key Django derives from the salt and the secret
+    computed once per secret instead of once per message (every fire signs
+    and checks a state).
+    """
+    raw = force_bytes(secret)
+    keyed = _keyed.get(raw)
+    if keyed is None:
+        key = hashlib.sha256(force_bytes(SALT) + raw).digest()
+        keyed = _keyed.setdefault(raw, hmac.new(key, digestmod=hashlib.sha256))
+    signature = keyed.copy()
+    signature.update(message)
+    return signature.hexdigest()
 
 
 def _keys() -> list[Any]:
