@@ -50,18 +50,26 @@ def vendor_backend() -> str:
     return {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mariadb"}[connection.vendor]
 
 
-def worker_env(extra_settings: dict[str, Any] | None = None) -> dict[str, str]:
-    """The environment of a worker process on the same database as this process.
+def worker_env(
+    extra_settings: dict[str, Any] | None = None, database: str | None = None
+) -> dict[str, str]:
+    """The environment of a worker process on the same database as this process, or ``database``.
 
     Works with the benchmarks' settings and with the test suite's (which read
-    the database name from ``DJANGO_APSCHEDULER_TEST_DB_NAME``).
+    the database name from ``DJANGO_APSCHEDULER_TEST_DB_NAME``). ``database``
+    is a benchmark database name (see ``databases``) on the same server.
     """
+    from benchmarks import databases
+
+    name = str(connection.settings_dict["NAME"])
+    if database is not None and database != name:
+        name = str(databases.database(vendor_backend(), database)["NAME"])
     env = dict(os.environ)
     env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
     env["DJA_BENCH_BACKEND"] = vendor_backend()
-    env["DJA_BENCH_DB_NAME"] = str(connection.settings_dict["NAME"])
+    env["DJA_BENCH_DB_NAME"] = name
     env["DJANGO_APSCHEDULER_TEST_DB"] = vendor_backend()
-    env["DJANGO_APSCHEDULER_TEST_DB_NAME"] = str(connection.settings_dict["NAME"])
+    env["DJANGO_APSCHEDULER_TEST_DB_NAME"] = name
     if extra_settings:
         env["DJA_BENCH_SETTINGS"] = json.dumps(extra_settings)
         env["DJANGO_APSCHEDULER_TEST_SETTINGS"] = json.dumps(extra_settings)
@@ -497,6 +505,14 @@ def bench_wakeup(
 # --- B4: scale ------------------------------------------------------------------------------
 
 
+def _large_database() -> str:
+    """The name of B4's second database, beside the current one (unique to it)."""
+    import hashlib
+
+    current = str(connection.settings_dict["NAME"])
+    return "dja_bench_b4_" + hashlib.sha256(current.encode()).hexdigest()[:10]
+
+
 def bench_scale(
     small: int = 1000,
     large: int = 100_000,
@@ -508,34 +524,50 @@ def bench_scale(
     """B4: dispatch cost per fire, and peak memory, with ``small`` versus ``large`` stored jobs.
 
     ``due`` of them are due at once in both cases; the others are due in an
-    hour to a day. Each measurement is a fresh scheduler process (so its peak
-    memory is its own): ``worker.dispatch``. The small case's repetitions run
-    first, then the large case's on the same database with the extra rows.
+    hour to a day. The two cases live in two databases (this one, and a
+    second one filled once), so their repetitions alternate (small, large,
+    then large, small...) and the machine's drift hits both alike. Each
+    measurement is a fresh scheduler process (so its peak memory is its own,
+    ``worker.dispatch``), after a separate process reset the case's due jobs
+    and log (``worker.prepare``).
     """
-    from django_apscheduler.models import DjangoJob, DjangoJobExecution
+    from benchmarks import databases
 
+    backend = vendor_backend()
+    other = _large_database()
     cases: dict[str, list[dict[str, Any]]] = {"small": [], "large": []}
-    with _directory(directory) as path:
-        clear_django_tables()
-        insert_jobs("b4-later-", small - due, due=False)
-        for case, stored in (("small", small), ("large", large)):
-            if case == "large":
-                insert_jobs("b4-later-", large - small, due=False, start=small - due)
-            assert DjangoJob.objects.filter(id__startswith="b4-later-").count() == stored - due
-            for _ in range(repeat):
-                DjangoJobExecution.objects.all().delete()
-                DjangoJob.objects.filter(id__startswith="b4-due-").delete()
-                insert_jobs("b4-due-", due, due=True)
-                worker = spawn(
-                    "dispatch", {"expect": due, "threads": threads, "prefix": "b4-due-"}, path
+    names = {"small": str(connection.settings_dict["NAME"]), "large": other}
+    databases.create(backend, other)
+    try:
+        with _directory(directory) as path:
+            for case, stored in (("small", small), ("large", large)):
+                fill = Worker(
+                    "fill",
+                    {"prefix": "b4-later-", "count": stored - due},
+                    path,
+                    worker_env(database=names[case]),
                 )
-                try:
-                    run = worker.result(timeout=900)
-                finally:
-                    worker.kill()
-                run["stored"] = stored
-                run["per_fire_ms"] = 1000 * run["total_s"] / due
-                cases[case].append(run)
+                fill.result(timeout=3600)
+            for rep in range(repeat):
+                order = ("small", "large") if rep % 2 == 0 else ("large", "small")
+                for case in order:
+                    env = worker_env(database=names[case])
+                    Worker("prepare", {"prefix": "b4-due-", "count": due}, path, env).result(600)
+                    worker = Worker(
+                        "dispatch",
+                        {"expect": due, "threads": threads, "prefix": "b4-due-"},
+                        path,
+                        env,
+                    )
+                    try:
+                        run = worker.result(timeout=900)
+                    finally:
+                        worker.kill()
+                    run["stored"] = {"small": small, "large": large}[case]
+                    run["per_fire_ms"] = 1000 * run["total_s"] / due
+                    cases[case].append(run)
+    finally:
+        databases.drop(backend, other)
     med = {
         case: {
             "per_fire_ms": statistics.median(r["per_fire_ms"] for r in runs),

@@ -288,13 +288,47 @@ def dispatch(expect: int, threads: int, prefix: str) -> dict[str, Any]:
     }
 
 
+def fill(prefix: str, count: int) -> dict[str, Any]:
+    """Empty this database's job tables, then store ``count`` jobs due later (B4's setup)."""
+    from benchmarks.suite import clear_django_tables, insert_jobs
+
+    clear_django_tables()
+    insert_jobs(prefix, count, due=False)
+    return {"stored": count}
+
+
+def prepare(prefix: str, count: int) -> dict[str, Any]:
+    """Empty the log and store ``count`` jobs due now, replacing those of ``prefix`` (B4)."""
+    from django.db import connection
+
+    from benchmarks.suite import insert_jobs
+    from django_apscheduler.models import DjangoJob, DjangoJobExecution
+
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {quote(DjangoJobExecution._meta.db_table)}")
+        cursor.execute(
+            f"DELETE FROM {quote(DjangoJob._meta.db_table)} WHERE {quote('id')} LIKE %s",
+            [prefix + "%"],
+        )
+    insert_jobs(prefix, count, due=True)
+    return {"due": count}
+
+
 def driver(**params: Any) -> dict[str, Any]:
     from benchmarks.suite import run_backend
 
     return run_backend(params)
 
 
-TASKS = {"driver": driver, "idle": idle, "scheduler": scheduler, "dispatch": dispatch}
+TASKS = {
+    "driver": driver,
+    "idle": idle,
+    "scheduler": scheduler,
+    "dispatch": dispatch,
+    "fill": fill,
+    "prepare": prepare,
+}
 
 
 def main(argv: list[str]) -> int:
