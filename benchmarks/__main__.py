@@ -36,7 +36,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=10, help="executor threads (default 10)")
     p.add_argument("--idle-seconds", type=float, help="B2 window (default 60)")
     p.add_argument("--samples", type=int, help="B3 samples per backend (default 30)")
-    p.add_argument("--large", type=int, help="B4: stored jobs of the large case (100000)")
+    p.add_argument("--large", type=int, help="B4: stored jobs of the large case (1000000)")
     p.add_argument("--b5-jobs", type=int, help="B5: jobs (default 2000)")
     p.add_argument("--json", default="benchmarks/results/latest.json", help="where to write")
     p.add_argument("--keep", action="store_true", help="keep the dja_bench databases")
@@ -52,7 +52,7 @@ def plan(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "b3": {"samples": args.samples or (10 if q else 30)},
         "b4": {
             "small": 1000,
-            "large": args.large or (20_000 if q else 100_000),
+            "large": args.large or (20_000 if q else 1_000_000),
             "due": 1000,
             "threads": args.threads,
             "repeat": args.repeat or (2 if q else 3),

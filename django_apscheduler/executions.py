@@ -372,7 +372,7 @@ def _note_start(job_id: str, run_time: Any) -> None:
         _starts[(job_id, run_time.timestamp())] = started
         while len(_starts) > _STARTS_LIMIT:
             _starts.popitem(last=False)
-    if signals.wanted("job_started"):
+    if signals.received("job_started"):
         # Sent from the recorder's thread, like the other signals: not in the job's.
         recorder.submit(
             [
@@ -385,6 +385,15 @@ def _note_start(job_id: str, run_time: Any) -> None:
                     logged=False,
                 )
             ]
+        )
+    elif signals.wanted("job_started"):
+        # Observers only (no query, no row): told here, without a trip to the recorder.
+        signals.notify(
+            "job_started",
+            job_id=job_id,
+            run_time=util.get_django_internal_datetime(run_time),
+            instance=None,
+            started=started,
         )
 
 
@@ -611,14 +620,17 @@ def send_signals(records: list[Record]) -> None:
     query, only when a signal has receivers; a row that cannot be read is
     passed as None.
     """
-    events = [r for r in records if r.event is not None and signals.wanted(r.event)]
+    # Who listens is asked once per signal and batch, not once per record.
+    received = {name: signals.received(name) for name in {r.event for r in records} if name}
+    observed = signals.observed()
+    events = [r for r in records if r.event is not None and (observed or received[r.event])]
     if not events:
         return
     # APScheduler reports a submission after the executor took the job, so a
     # quick run's end (from the job's thread) often arrives first: within a
     # batch, submissions go first, then starts, then the outcomes.
     events.sort(key=lambda r: _PHASES.get(r.event or "", 2))
-    listened = [r for r in events if signals.ALL[r.event or ""].has_listeners(DjangoJob)]
+    listened = [r for r in events if received[r.event or ""]]
     rows: dict[tuple[str, datetime], DjangoJobExecution] = {}
     if listened:
         try:
@@ -630,9 +642,10 @@ def send_signals(records: list[Record]) -> None:
             )
     for record in events:
         name = record.event or ""
-        seconds = record.duration()
-        duration = None if seconds is None else float(seconds)
         extra: dict[str, Any] = {}
+        if name in ("job_succeeded", "job_failed"):
+            seconds = record.duration()
+            duration = None if seconds is None else float(seconds)
         if name == "job_started":
             extra["started"] = record.started
         elif name == "job_succeeded":
@@ -651,8 +664,9 @@ def send_signals(records: list[Record]) -> None:
             "instance": record.instance,
             **extra,
         }
-        signals.notify(name, **kwargs)
-        if signals.ALL[name].has_listeners(DjangoJob):
+        if observed:
+            signals.notify(name, **kwargs)
+        if received[name]:
             execution = None if name == "job_overdue" else rows.get(record.key)
             signals.send(signals.ALL[name], execution=execution, **kwargs)
 

@@ -99,18 +99,29 @@ OUTCOMES = {
 }
 
 
+#: The labelled children already made: (metric, *labels) -> child (``labels()`` costs more).
+_children: dict[tuple[str, ...], Any] = {}
+
+
+def _child(metric: str, *labels: str) -> Any:
+    key = (metric, *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children.setdefault(key, _create()[metric].labels(*labels))
+    return child
+
+
 def _observe(name: str, job_id: str, run_time: datetime, **kwargs: Any) -> None:
     """Count one event (a :mod:`signals` observer: no query, no execution row)."""
-    metrics = _create()
     if name in OUTCOMES:
-        metrics["runs"].labels(job_id, OUTCOMES[name]).inc()
+        _child("runs", job_id, OUTCOMES[name]).inc()
         duration = kwargs.get("duration")
         if duration is not None:
-            metrics["duration"].labels(job_id).observe(duration)
+            _child("duration", job_id).observe(duration)
     elif name == "job_started" and kwargs.get("started") is not None:
         scheduled = run_time if timezone.is_aware(run_time) else timezone.make_aware(run_time)
         lateness = max(kwargs["started"] - scheduled.timestamp(), 0.0)
-        metrics["lateness"].labels(job_id).observe(lateness)
+        _child("lateness", job_id).observe(lateness)
 
 
 def enable() -> None:

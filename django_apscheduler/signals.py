@@ -89,9 +89,19 @@ def observe(callback: Callable[..., None]) -> None:
 
 def wanted(name: str) -> bool:
     """Whether the event ``name`` has a receiver or an observer (else it is not even built)."""
+    return bool(_observers) or received(name)
+
+
+def observed() -> bool:
+    """Whether any observer is registered (they get every event)."""
+    return bool(_observers)
+
+
+def received(name: str) -> bool:
+    """Whether the signal of the event ``name`` has receivers (observers aside)."""
     from django_apscheduler.models import DjangoJob
 
-    return bool(_observers) or ALL[name].has_listeners(DjangoJob)
+    return ALL[name].has_listeners(DjangoJob)
 
 
 def notify(name: str, **kwargs: Any) -> None:
