@@ -25,7 +25,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from django_apscheduler import backends, coordination, db, runlocks, signing, util
+from django_apscheduler import backends, coordination, db, executions, runlocks, signing, util
 from django_apscheduler.models import DjangoJob
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class DispatchRound:
         self.claimed_nothing = False
         #: The time the round was asked for.
         self.now: datetime = datetime.min.replace(tzinfo=dt_timezone.utc)
+        #: How long the runs this store dispatched took lately (sizes its rounds).
+        self.pace = executions.RunPace()
 
     def begin(self, now: datetime) -> None:
         """A round starts in this thread."""

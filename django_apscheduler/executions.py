@@ -398,7 +398,7 @@ def _note_start(job_id: str, run_time: Any) -> None:
 
 
 class RunPace:
-    """How long this process's runs took lately: a moving average, sizing dispatch rounds."""
+    """How long a store's runs took lately: a moving average, sizing its dispatch rounds."""
 
     WEIGHT = 0.1
 
@@ -411,10 +411,6 @@ class RunPace:
         self.mean = seconds if mean is None else mean + self.WEIGHT * (seconds - mean)
 
 
-#: The pace of the runs of this process.
-pace = RunPace()
-
-
 def pop_start(job_id: str, run_time: datetime | None) -> float | None:
     """Return (and forget) when the run of ``job_id`` at ``run_time`` entered the job function."""
     if run_time is None:
@@ -423,7 +419,7 @@ def pop_start(job_id: str, run_time: datetime | None) -> float | None:
         return _starts.pop((job_id, run_time.timestamp()), None)
 
 
-def instrument(job: Any, awaits_coroutines: bool = False) -> None:
+def instrument(job: Any, awaits_coroutines: bool = False, pace: RunPace | None = None) -> None:
     """Wrap ``job.func`` so each run holds its job, notes its start and gets fresh DB connections.
 
     Each run holds one of the job's ``max_instances`` run locks while it runs
@@ -459,7 +455,8 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
                     finally:
                         close_old_connections()
             finally:
-                pace.observe(time.perf_counter() - entered)
+                if pace is not None:
+                    pace.observe(time.perf_counter() - entered)
 
         job.func = run_coroutine
         return
@@ -495,7 +492,8 @@ def instrument(job: Any, awaits_coroutines: bool = False) -> None:
                 finally:
                     close_old_connections()
         finally:
-            pace.observe(time.perf_counter() - entered)
+            if pace is not None:
+                pace.observe(time.perf_counter() - entered)
 
     job.func = run
 
@@ -514,6 +512,7 @@ class ExecutionRecorder:
         self._queue: deque[Record] = deque()
         self._cond = threading.Condition()
         self._pending = 0  # records queued or being written
+        self._flushing = 0  # callers of flush() waiting: no linger meanwhile
         self._thread: threading.Thread | None = None
         self._pid = 0
 
@@ -529,11 +528,16 @@ class ExecutionRecorder:
         """Wait until every submitted record is written; return False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._pending:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
     def _ensure_thread(self) -> None:
@@ -565,9 +569,14 @@ class ExecutionRecorder:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
-                if len(self._queue) < BATCH_SIZE and self._queue[-1] is not _CLOSE:
+                if (
+                    len(self._queue) < BATCH_SIZE
+                    and self._queue[-1] is not _CLOSE
+                    and not self._flushing
+                ):
                     # Runs come in bursts (a dispatch round, then their ends):
-                    # a moment's wait makes one transaction of many records.
+                    # a moment's wait makes one transaction of many records;
+                    # not while someone waits for everything to be written.
                     self._cond.wait(LINGER)
                 batch: list[Record] = []
                 while self._queue and len(batch) < BATCH_SIZE and self._queue[0] is not _CLOSE:

@@ -340,8 +340,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         A claimed job waits in this process until it runs, while another
         scheduler may have idle threads: so a round claims no more jobs than
         the default executor's threads can start within :data:`ROUND_HORIZON`,
-        judged by how long this process's runs took lately
-        (:data:`executions.pace`), less those already queued or running. That
+        judged by how long this store's runs took lately
+        (``DispatchRound.pace``), less those already queued or running. That
         is the free threads while runs are slow or unknown, and many more for
         runs that take a moment (none when all are busy; the end of a run wakes
         the scheduler again). Capped by ``APSCHEDULER_DISPATCH_BATCH_SIZE``; an
@@ -353,7 +353,7 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         if workers is None:
             return limit
         capacity = workers
-        mean = executions.pace.mean
+        mean = self._round.pace.mean
         if mean is not None:
             capacity = max(workers, int(workers * ROUND_HORIZON / max(mean, 1e-6)))
         busy = sum(internals.running_instances(executor).values())
@@ -611,7 +611,9 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
                 handoff.instrument(job, lambda: self._coordinator.instance_id)
             else:
                 handoff.note_dispatch(job.id, False)
-                executions.instrument(job, self._awaits_coroutines(job.executor))
+                executions.instrument(
+                    job, self._awaits_coroutines(job.executor), pace=self._round.pace
+                )
                 runs_here.append(job)
             jobs.append(job)
         if unusable:

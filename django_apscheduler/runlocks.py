@@ -76,14 +76,26 @@ def lock_name(job_id: str, slot: int) -> str:
 
 
 class RunLocks:
-    """The run locks of this process: one lock session, shared by its threads under a mutex."""
+    """The run locks of this process: one lock session, shared by its threads.
+
+    Two locks guard it: ``_io`` serialises the session's database work, and
+    ``_mutex`` the bookkeeping, held only for moments and never over database
+    work, so a run taking its reserved lock or giving it up never waits for a
+    round trip of another thread.
+    """
 
     def __init__(self) -> None:
+        self._io = threading.Lock()
         self._mutex = threading.Lock()
         self._wanted = threading.Condition(self._mutex)
         self._session: backends.RunLockSession | None = None
         self._using: str | None = None
         self._pid = 0
+        self._reset()
+        self._releaser: threading.Thread | None = None
+
+    def _reset(self) -> None:
+        """Forget every lock (the session is gone or not ours). Called under the mutex, or before use."""
         # Lock name -> the job id whose run holds it.
         self._held: dict[str, str] = {}
         # Job id -> locks taken for its runs that were dispatched and have not started.
@@ -91,18 +103,21 @@ class RunLocks:
         self._coming: dict[str, Callable[[], bool]] = {}
         # Held locks of runs that ended, to be given up by the next batch.
         self._ending: set[str] = set()
-        self._releaser: threading.Thread | None = None
+
+    # --- database work: called holding _io -------------------------------------------
 
     def _open(self, using: str) -> backends.RunLockSession:
-        """The session for ``using``, opened (again) if needed. Called under the mutex."""
+        """The session for ``using``, opened (again) if needed."""
         if self._pid != os.getpid():
             # A forked child: the parent's session is not ours (never close it here).
-            self._session, self._held, self._pid = None, {}, os.getpid()
-            self._reserved, self._coming, self._ending = {}, {}, set()
+            self._session, self._pid = None, os.getpid()
+            with self._mutex:
+                self._reset()
         if self._session is not None and self._using != using:
             self._session.close()
             self._session = None
-            self._held, self._reserved, self._coming, self._ending = {}, {}, {}, set()
+            with self._mutex:
+                self._reset()
         if self._session is None:
             self._session = backends.for_alias(using).run_lock_session(using)
             self._using = using
@@ -118,8 +133,10 @@ class RunLocks:
         before it counts as taken by another process.
         """
         assert self._session is not None
+        with self._mutex:
+            held = list(self._held.items())
         deadline = time.monotonic() + RETAKE_PATIENCE
-        for name, job_id in list(self._held.items()):
+        for name, job_id in held:
             taken = self._session.try_lock(name)
             while not taken and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -138,10 +155,11 @@ class RunLocks:
         if self._session is not None:
             self._session.close()
         self._session = None
-        # The locks of ended runs are gone with the session: not taken back.
-        for name in self._ending:
-            self._held.pop(name, None)
-        self._ending.clear()
+        with self._mutex:
+            # The locks of ended runs are gone with the session: not taken back.
+            for name in self._ending:
+                self._held.pop(name, None)
+            self._ending.clear()
 
     def _with_session(
         self, using: str, action: str, call: Callable[[backends.RunLockSession], T]
@@ -157,6 +175,23 @@ class RunLocks:
             self._lost(RuntimeError(f"could not {action} after reconnecting"))
             raise
 
+    def _flush_ending(self) -> None:
+        with self._mutex:
+            if not self._ending:
+                return
+            names = sorted(self._ending)
+            self._ending.clear()
+            for name in names:
+                self._held.pop(name, None)
+        if self._session is None or self._pid != os.getpid():
+            return  # lost with their session: nothing left to give up
+        try:
+            self._session.unlock_many(names)
+        except Exception as exc:  # the session's end gives the locks up too
+            self._lost(exc)
+
+    # --- the runs' side ----------------------------------------------------------------
+
     def acquire(self, job_id: str, slots: int, using: str | None = None) -> str | None:
         """Take a free slot of ``job_id``'s ``slots`` run locks; return its name, None if all are held.
 
@@ -165,20 +200,22 @@ class RunLocks:
         Raises a database error if the locks cannot be reached at all.
         """
         using = using or _default_alias()
-        with self._mutex:
+        with self._io:
             for slot in range(max(1, slots)):
                 name = lock_name(job_id, slot)
-                if name in self._ending:  # a run here just ended: its lock passes on
-                    self._ending.discard(name)
-                    return name
-                if name in self._held:
-                    continue
+                with self._mutex:
+                    if name in self._ending:  # a run here just ended: its lock passes on
+                        self._ending.discard(name)
+                        return name
+                    if name in self._held:
+                        continue
 
                 def try_lock(session: backends.RunLockSession, name: str = name) -> bool:
                     return session.try_lock(name)
 
                 if self._with_session(using, f"lock job {job_id!r}", try_lock):
-                    self._held[name] = job_id
+                    with self._mutex:
+                        self._held[name] = job_id
                     return name
             return None
 
@@ -197,29 +234,31 @@ class RunLocks:
         the locks cannot be reached.
         """
         using = using or _default_alias()
-        with self._mutex:
+        with self._io:
             names: list[str] = []
             owners: list[tuple[str, Callable[[], bool]]] = []
-            for job_id, slots, coming in runs:
-                for slot in range(max(1, slots)):
-                    name = lock_name(job_id, slot)
-                    if name in self._ending:
-                        self._ending.discard(name)
-                        self._reserve(job_id, name, coming)
-                        break
-                    if name not in self._held:
-                        names.append(name)
-                        owners.append((job_id, coming))
-                        break
+            with self._mutex:
+                for job_id, slots, coming in runs:
+                    for slot in range(max(1, slots)):
+                        name = lock_name(job_id, slot)
+                        if name in self._ending:
+                            self._ending.discard(name)
+                            self._reserve(job_id, name, coming)
+                            break
+                        if name not in self._held:
+                            names.append(name)
+                            owners.append((job_id, coming))
+                            break
             if not names:
                 return
             taken = self._with_session(
                 using, "lock the dispatched jobs", lambda session: session.try_lock_many(names)
             )
-            for name, (job_id, coming), ok in zip(names, owners, taken):
-                if ok:
-                    self._held[name] = job_id
-                    self._reserve(job_id, name, coming)
+            with self._mutex:
+                for name, (job_id, coming), ok in zip(names, owners, taken):
+                    if ok:
+                        self._held[name] = job_id
+                        self._reserve(job_id, name, coming)
 
     def _reserve(self, job_id: str, name: str, coming: Callable[[], bool]) -> None:
         """Called under the mutex."""
@@ -260,29 +299,14 @@ class RunLocks:
             self._wake_releaser()
 
     def flush_releases(self) -> None:
-        """Give up now the locks :meth:`release_soon` is about to (before a claim is given up)."""
-        with self._mutex:
+        """Give up now the locks :meth:`release_soon` is about to."""
+        with self._io:
             self._flush_ending()
 
     def settle(self) -> None:
         """Before this process gives up claims: give up the locks of ended and of refused runs."""
         self.drop_reservations()
         self.flush_releases()
-
-    def _flush_ending(self) -> None:
-        """Called under the mutex."""
-        if not self._ending:
-            return
-        names = sorted(self._ending)
-        self._ending.clear()
-        for name in names:
-            self._held.pop(name, None)
-        if self._session is None or self._pid != os.getpid():
-            return  # lost with their session: nothing left to give up
-        try:
-            self._session.unlock_many(names)
-        except Exception as exc:  # the session's end gives the locks up too
-            self._lost(exc)
 
     def _wake_releaser(self) -> None:
         """Called under the mutex."""
@@ -299,24 +323,24 @@ class RunLocks:
                 while not self._ending:
                     self._wanted.wait()
             time.sleep(RELEASE_LINGER)  # the runs ending meanwhile go in the same batch
-            with self._mutex:
-                self._flush_ending()
+            self.flush_releases()
 
     def holder(self, job_id: str, using: str | None = None) -> str | None:
         """Who holds slot 0 of ``job_id``'s run locks, for messages (None if unknown)."""
         using = using or _default_alias()
-        with self._mutex:
+        with self._io:
             try:
                 return self._open(using).holder(lock_name(job_id, 0))
             except Exception:
                 return None
 
     def release(self, name: str) -> None:
-        """Give up the lock ``name`` taken by :meth:`acquire`."""
-        with self._mutex:
-            self._ending.discard(name)
-            if self._held.pop(name, None) is None:
-                return
+        """Give up the lock ``name`` taken by :meth:`acquire`, now."""
+        with self._io:
+            with self._mutex:
+                self._ending.discard(name)
+                if self._held.pop(name, None) is None:
+                    return
             if self._session is None or self._pid != os.getpid():
                 return  # lost with its session: nothing left to give up
             try:
@@ -330,8 +354,10 @@ class RunLocks:
         Called from the heartbeat, so a lost connection is noticed while the
         runs go on, not only when the next run starts or ends.
         """
-        with self._mutex:
-            if not self._held or self._session is None or self._pid != os.getpid():
+        with self._io:
+            with self._mutex:
+                idle = not self._held
+            if idle or self._session is None or self._pid != os.getpid():
                 return
             try:
                 self._session.ping()
@@ -341,19 +367,22 @@ class RunLocks:
 
     def close(self) -> None:
         """End the session (tests; the process's end does it otherwise)."""
-        with self._mutex:
+        with self._io:
             if self._session is not None and self._pid == os.getpid():
                 self._session.close()
-            self._session, self._held = None, {}
-            self._reserved, self._coming, self._ending = {}, {}, set()
+            self._session = None
+            with self._mutex:
+                self._reset()
 
     def _after_fork_in_child(self) -> None:
         """A forked child (a process pool's worker, a pre-forking server's worker) starts afresh."""
-        self._mutex = threading.Lock()  # the fork may have copied it locked
+        # The fork may have copied the locks locked.
+        self._io = threading.Lock()
+        self._mutex = threading.Lock()
         self._wanted = threading.Condition(self._mutex)
         self._releaser = None
-        session, self._session, self._held = self._session, None, {}
-        self._reserved, self._coming, self._ending = {}, {}, set()
+        session, self._session = self._session, None
+        self._reset()
         self._pid = os.getpid()
         if session is not None:
             session.forget_in_child()
