@@ -40,6 +40,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--b5-jobs", type=int, help="B5: jobs (default 2000)")
     p.add_argument("--json", default="benchmarks/results/latest.json", help="where to write")
     p.add_argument("--keep", action="store_true", help="keep the dja_bench databases")
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="with the Prometheus metrics on (the extra 'prometheus'); default: a default install",
+    )
     return p.parse_args(argv)
 
 
@@ -121,6 +126,8 @@ def machine() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # Read by benchmarks.settings in every process (drivers and workers inherit it).
+    os.environ["DJA_BENCH_METRICS"] = "1" if args.metrics else "0"
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     params = plan(args)
@@ -131,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "servers": {b: databases.server_version(b) for b in backends},
         "params": params,
+        "metrics": args.metrics,
         "backends": {b: {} for b in backends},
     }
     names: list[tuple[str, str]] = []
