@@ -13,7 +13,7 @@ B2_MAX_PER_MINUTE_BY_BACKEND = {"postgres": 20}
 B3_MAX_P50_S = 0.2  # PostgreSQL
 B4_MAX_COST_RATIO = 1.2
 B4_MAX_MEMORY_RATIO = 1.10  # "memory flat": at most 10% more peak RSS
-B1_TARGET_BACKENDS = ("sqlite", "postgres")
+B1_TARGET_BACKENDS = ("sqlite", "postgres", "mariadb")  # issue 10, item 7: all three
 B3_TARGET_BACKENDS = ("postgres",)
 
 
