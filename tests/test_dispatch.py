@@ -450,3 +450,31 @@ def test_due_job_locked_by_another_session_does_not_make_dispatch_spin(make_sche
     assert spun <= 10, f"{spun} dispatch rounds in 2 s while the due job's row was locked"
     assert not holder.timed_out
     wait_until(lambda: [tag for tag, _ in jobs.calls] == ["locked"])  # runs once the lock goes
+
+
+def test_rounds_grow_with_the_pace_of_quick_runs_and_stay_at_free_threads_for_slow_ones(
+    make_scheduler,
+):
+    """A round claims what the threads can start within ROUND_HORIZON (issue 10, item 7)."""
+    from django_apscheduler import jobstores
+
+    scheduler = make_scheduler(threads=2)
+    store = scheduler._jobstores["default"]
+    assert store._round.pace.mean is None
+    assert store._dispatch_limit() == 2, "runs not timed yet: the free threads"
+    for i in range(5):
+        scheduler.add_job(jobs.record, "date", run_date=_now(), id=f"quick{i}", args=["quick"])
+    wait_until(lambda: _ran("quick") == 5)
+    wait_until(lambda: store._dispatch_limit() > 2)
+    mean = store._round.pace.mean
+    assert mean is not None and mean < jobstores.ROUND_HORIZON
+    expected = min(500, int(2 * jobstores.ROUND_HORIZON / mean))
+    assert abs(store._dispatch_limit() - expected) <= max(2, expected // 10)
+    with override_settings(APSCHEDULER_DISPATCH_BATCH_SIZE=7):
+        assert store._dispatch_limit() == 7
+    # Runs as long as the horizon or longer: back to the free threads.
+    store._round.pace.mean = jobstores.ROUND_HORIZON * 4
+    assert store._dispatch_limit() == 2
+    scheduler.add_job(hold, "date", run_date=_now(), id="h1", args=["h1"])
+    wait_until(lambda: _ran("h1") == 1)
+    wait_until(lambda: store._dispatch_limit() == 1)

@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 
 from django_apscheduler import backends, executions, runlocks
-from django_apscheduler.models import DjangoJobExecution
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
 from tests import jobs
 from tests.helpers import wait_until
 
@@ -200,3 +200,111 @@ def test_forked_child_neither_keeps_nor_ends_the_parents_locks(sessions):
         os.waitpid(pid, 0)
         os.close(ready_r)
         os.close(quit_r)
+
+
+# --- Batched: a dispatch round takes its runs' locks at once (issue 10, item 7) --------------
+
+
+@pytest.fixture
+def unstarted_store():
+    """A store on a scheduler that is never started: nothing it hands out is ever submitted."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from django_apscheduler.jobstores import DjangoJobStore
+
+    store = DjangoJobStore()
+    store.start(BackgroundScheduler(timezone="UTC"), "default")
+    yield store
+    store.shutdown()
+
+
+def _due_job(store, job_id):
+    from apscheduler.job import Job
+    from apscheduler.triggers.date import DateTrigger
+
+    when = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    job = Job(
+        store._scheduler,
+        id=job_id,
+        func=jobs.record,
+        trigger=DateTrigger(run_date=when, timezone="UTC"),
+        executor="default",
+        args=(job_id,),
+        kwargs={},
+        name=job_id,
+        misfire_grace_time=None,
+        coalesce=True,
+        max_instances=1,
+        next_run_time=when,
+    )
+    job._jobstore_alias = "default"
+    store.add_job(job)
+
+
+def test_a_round_holds_the_run_locks_of_the_jobs_it_hands_out(unstarted_store, other_process):
+    """Taken before APScheduler submits anything; given up once their runs will not come."""
+    store = unstarted_store
+    for job_id in ("one", "two", "three"):
+        _due_job(store, job_id)
+    handed = store.get_due_jobs(datetime(2030, 1, 1, 0, 1, tzinfo=timezone.utc))
+    assert sorted(job.id for job in handed) == ["one", "three", "two"]
+    # Another process can take none of them while this round's runs may still come.
+    for job_id in ("one", "two", "three"):
+        assert other_process.acquire(job_id, 1) is None, job_id
+    # This scheduler never submits them (it was never started): the end of the
+    # round gives their locks up.
+    store.get_next_run_time()
+    for job_id in ("one", "two", "three"):
+        assert other_process.acquire(job_id, 1) is not None, job_id
+
+
+def test_a_run_takes_the_lock_its_round_reserved_without_a_round_trip(other_process, monkeypatch):
+    here = runlocks.locks
+    here.reserve([("job", 1, lambda: True)])
+    assert other_process.acquire("job", 1) is None
+    calls = []
+    monkeypatch.setattr(
+        backends.RunLockSession, "try_lock", lambda self, name: calls.append(name) or True
+    )
+    with runlocks.holding("job", 1):
+        assert calls == [], "the run asked the database again for a lock it already had"
+        assert other_process.acquire("job", 1) is None
+
+
+def test_an_ended_runs_lock_is_given_up_before_its_claim(
+    unstarted_store, other_process, monkeypatch
+):
+    """However long the batch of ended runs' locks waits, the end of the round gives them up first."""
+    # The batch that gives up ended runs' locks never comes in this test.
+    monkeypatch.setattr(runlocks.locks, "_wake_releaser", lambda: None)
+    store = unstarted_store
+    _due_job(store, "ended")
+    (job,) = store.get_due_jobs(datetime(2030, 1, 1, 0, 1, tzinfo=timezone.utc))
+    with runlocks.holding("ended", 1):  # the run, as the job's wrapper takes it
+        pass
+    assert other_process.acquire("ended", 1) is None, "given up before the batch is due"
+    store.remove_job("ended")  # what APScheduler's loop does after the fire
+    store.get_next_run_time()  # the end of the round: the write-back releases the claim
+    assert DjangoJob.objects.get(id="ended").acquired_by is None
+    assert other_process.acquire("ended", 1) is not None
+
+
+def test_locks_of_ended_runs_are_given_up_together_soon(other_process):
+    here = runlocks.locks
+    names = [here.acquire(f"job-{i}", 1) for i in range(5)]
+    assert None not in names
+    for name in names:
+        here.release_soon(name)  # type: ignore[arg-type]
+    # The releaser thread gives them up within a moment, in one statement.
+    wait_until(lambda: not here._held, timeout=10)
+    for i in range(5):
+        assert other_process.acquire(f"job-{i}", 1) is not None
+
+
+def test_a_lock_of_a_run_that_just_ended_passes_to_the_next_run_here(other_process):
+    here = runlocks.locks
+    name = here.acquire("job", 1)
+    assert name is not None
+    here.release_soon(name)
+    assert here.acquire("job", 1) == name, "the next run here was refused its own job's lock"
+    assert other_process.acquire("job", 1) is None

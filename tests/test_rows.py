@@ -1,0 +1,101 @@
+"""Many rows per statement (``db.insert_rows``, ``db.update_values``), in each backend's SQL.
+
+The execution log and the write-back use them for every fire (issue 10,
+item 7): PostgreSQL's ``unnest`` of one array per column, elsewhere a
+``VALUES`` list and a ``CASE`` update.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from django_apscheduler import db
+from django_apscheduler.models import DjangoJob, DjangoJobExecution
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+UTC = timezone.utc
+AT = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def jobs_():
+    DjangoJob.objects.bulk_create(
+        [DjangoJob(id=f"j{i}", job_state=b"s", next_run_time=AT) for i in range(3)]
+    )
+
+
+def test_update_values_sets_each_rows_own_values_and_shared_ones(jobs_):
+    count = db.update_values(
+        DjangoJob,
+        "default",
+        ["next_run_time", "job_state", "acquired_by", "version"],
+        [
+            ["j0", AT + timedelta(seconds=1), b"zero", None, 7],
+            ["j2", None, b"two", None, 7],
+        ],
+    )
+    assert count == 2
+    rows = {row.id: row for row in DjangoJob.objects.all()}
+    assert rows["j0"].next_run_time == AT + timedelta(seconds=1)
+    assert bytes(rows["j0"].job_state) == b"zero" and rows["j0"].version == 7
+    assert rows["j2"].next_run_time is None and bytes(rows["j2"].job_state) == b"two"
+    assert rows["j1"].next_run_time == AT and bytes(rows["j1"].job_state) == b"s"
+    assert rows["j1"].version is None or rows["j1"].version != 7
+
+
+def test_update_values_goes_in_chunks(jobs_, monkeypatch):
+    monkeypatch.setattr(db, "ROWS_PER_STATEMENT", 2)
+    db.update_values(
+        DjangoJob, "default", ["job_state"], [[f"j{i}", f"new{i}".encode()] for i in range(3)]
+    )
+    assert {r.id: bytes(r.job_state) for r in DjangoJob.objects.all()} == {
+        "j0": b"new0",
+        "j1": b"new1",
+        "j2": b"new2",
+    }
+
+
+def _run(job_id, status, **more):
+    return [job_id, AT, "instance", status, *more.get("rest", [None, None, None, None])]
+
+
+FIELDS = ["job", "run_time", "instance", "status", "finished", "duration", "exception", "traceback"]
+
+
+def test_insert_rows_ignores_conflicts_or_updates_them(jobs_):
+    done = DjangoJobExecution.SUCCESS
+    db.insert_rows(
+        DjangoJobExecution,
+        "default",
+        FIELDS,
+        [_run("j0", DjangoJobExecution.SENT), _run("j1", DjangoJobExecution.SENT)],
+        ignore_conflicts=True,
+    )
+    # A second start of j0 is left out; j2's is new.
+    db.insert_rows(
+        DjangoJobExecution,
+        "default",
+        FIELDS,
+        [_run("j0", DjangoJobExecution.SENT), _run("j2", DjangoJobExecution.SENT)],
+        ignore_conflicts=True,
+    )
+    assert DjangoJobExecution.objects.count() == 3
+    # The end of j1's run replaces its row's status and times; j0 stays as it was.
+    db.insert_rows(
+        DjangoJobExecution,
+        "default",
+        FIELDS,
+        [_run("j1", done, rest=[Decimal("1700000000.25"), Decimal("0.50"), None, None])],
+        update_fields=["status", "finished", "duration", "exception", "traceback"],
+        unique_fields=["job", "run_time"],
+    )
+    rows = {r.job_id: r for r in DjangoJobExecution.objects.all()}
+    assert len(rows) == 3
+    assert rows["j1"].status == done and rows["j1"].duration == Decimal("0.50")
+    assert rows["j1"].finished == Decimal("1700000000.25")
+    assert rows["j0"].status == DjangoJobExecution.SENT and rows["j0"].finished is None
+    assert all(r.instance == "instance" and r.task_id is None for r in rows.values())
