@@ -101,7 +101,9 @@ def received(name: str) -> bool:
     """Whether the signal of the event ``name`` has receivers (observers aside)."""
     from django_apscheduler.models import DjangoJob
 
-    return ALL[name].has_listeners(DjangoJob)
+    signal = ALL[name]
+    # Asked for every run: no receiver at all is told without Django's lookup.
+    return bool(signal.receivers) and signal.has_listeners(DjangoJob)
 
 
 def notify(name: str, **kwargs: Any) -> None:
