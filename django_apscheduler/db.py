@@ -153,8 +153,7 @@ def insert_rows(
     with connection.cursor() as cursor:
         for chunk in _chunks(rows):
             prepared = [
-                [field.get_db_prep_save(value, connection) for field, value in zip(given, row)]
-                + tail
+                [_prepared(field, value, connection) for field, value in zip(given, row)] + tail
                 for row in chunk
             ]
             backend.insert_many(cursor, head, types, prepared, " " + suffix if suffix else "")
@@ -184,10 +183,7 @@ def update_values(
             count += len(chunk)
             prepared = [
                 [pk.get_db_prep_value(row[0], connection)]
-                + [
-                    field.get_db_prep_save(value, connection)
-                    for field, value in zip(columns, row[1:])
-                ]
+                + [_prepared(field, value, connection) for field, value in zip(columns, row[1:])]
                 for row in chunk
             ]
             backend.update_many(
@@ -199,6 +195,11 @@ def update_values(
                 prepared,
             )
     return count
+
+
+def _prepared(field: Field[Any, Any], value: Any, connection: Any) -> Any:
+    """``value`` as the database takes it for ``field`` (NULL stays NULL, at no cost)."""
+    return None if value is None else field.get_db_prep_save(value, connection)
 
 
 def _column(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:

@@ -569,15 +569,18 @@ class ExecutionRecorder:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
-                if (
+                # Runs come in bursts (a dispatch round, then their ends): a
+                # moment's wait makes one transaction of many records, and one
+                # row of a quick run's start and end; not while someone waits
+                # for everything to be written.
+                deadline = time.monotonic() + LINGER
+                while (
                     len(self._queue) < BATCH_SIZE
                     and self._queue[-1] is not _CLOSE
                     and not self._flushing
+                    and (remaining := deadline - time.monotonic()) > 0
                 ):
-                    # Runs come in bursts (a dispatch round, then their ends):
-                    # a moment's wait makes one transaction of many records;
-                    # not while someone waits for everything to be written.
-                    self._cond.wait(LINGER)
+                    self._cond.wait(remaining)
                 batch: list[Record] = []
                 while self._queue and len(batch) < BATCH_SIZE and self._queue[0] is not _CLOSE:
                     batch.append(self._queue.popleft())
