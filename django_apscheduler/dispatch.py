@@ -180,12 +180,13 @@ class DispatchRound:
             if not wb.finished and self._store.running_here(wb.job_id, wb.executor)
         }
 
-        def write_all() -> set[str]:
+        def write_all() -> tuple[set[str], set[str]]:
+            """Write the unchanged rows; return their ids, and those of unchanged locked rows."""
             until = timezone.now() + coordination.lease_time()
             with backend.write_transaction(using):
                 rows = DjangoJob.objects.using(using).filter(id__in=[wb.job_id for wb in pending])
                 # Rows another session keeps locked are skipped, not waited for
-                # (a view inside a long atomic block): _resolve defers them.
+                # (a view inside a long atomic block).
                 current = {
                     job_id: (version, holder)
                     for job_id, version, holder in backend.lock_for_write_back(
@@ -198,6 +199,25 @@ class DispatchRound:
                     if wb.claim is not None
                     and current.get(wb.job_id) == (wb.claim.version, instance)
                 ]
+                # A skipped row is locked or gone. One still as claimed, only locked
+                # (on MySQL the log's foreign-key checks lock the job rows they
+                # name), waits for the next round's write-back, with the others.
+                skipped = [wb.job_id for wb in pending if wb.job_id not in current]
+                committed: dict[str, tuple[int | None, str | None]] = {}
+                if skipped:
+                    committed = {
+                        job_id: (version, holder)
+                        for job_id, version, holder in DjangoJob.objects.using(using)
+                        .filter(id__in=skipped)
+                        .values_list("id", "version", "acquired_by")
+                    }
+                locked = {
+                    wb.job_id
+                    for wb in pending
+                    if wb.claim is not None
+                    and wb.job_id not in current
+                    and committed.get(wb.job_id) == (wb.claim.version, instance)
+                }
                 keeps = [wb.job_id in keep for wb in clean]
                 db.update_values(
                     DjangoJob,
@@ -216,15 +236,17 @@ class DispatchRound:
                         for wb, kept in zip(clean, keeps)
                     ),
                 )
-            return {wb.job_id for wb in clean}
+            return {wb.job_id for wb in clean}, locked
 
         settled: list[WriteBack] = []
         try:
-            written = self._store.run(write_all, "write back the dispatched jobs")
+            written, locked = self._store.run(write_all, "write back the dispatched jobs")
             for wb in pending:
                 if wb.job_id in written:
                     settled.append(wb)
                     continue
+                if wb.job_id in locked:
+                    continue  # deferred: retried first at the next flush
 
                 def resolve(wb: WriteBack = wb) -> str:
                     return self._resolve(wb, wb.job_id in keep)
