@@ -7,7 +7,8 @@ configured jobs with ``replace_existing=True`` and starts, exactly like the
 ``runapscheduler`` command of the 0.7.0 README. A listener appends every
 submission (and every refusal or miss) as a JSON line to ``config["events"]``,
 so the test can check which process submitted which fire. The process stops
-at the epoch time ``config["until"]``.
+at the epoch time ``config["until"]``, or sooner when the file
+``config["stop"]`` appears (the test has seen what it waited for).
 
 With ``config["go"]`` (a path) the process first gets ready (Django set up,
 its scheduler built), writes ``<go>.ready-<pid>``, then waits for the test to
@@ -144,6 +145,16 @@ def _wait_for_go(path: str, timeout: float = 300) -> dict[str, Any]:
         return json.load(file)
 
 
+def _stop_at(scheduler: Any, until: float, stop: str | None) -> None:
+    """Shut ``scheduler`` down at the epoch time ``until``, or sooner once the file ``stop`` exists.
+
+    ``shutdown()`` waits for the running jobs, as it does at ``until``.
+    """
+    while time.time() < until and not (stop and os.path.exists(stop)):
+        time.sleep(min(0.1, max(0.0, until - time.time())))
+    scheduler.shutdown()
+
+
 def main(config: dict[str, Any]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import django
@@ -227,7 +238,9 @@ def main(config: dict[str, Any]) -> None:
         return  # the main thread ends; the job's thread goes on
     # BlockingScheduler.start() may return as soon as shutdown() has begun, so
     # the process waits for the stopping thread to finish the shutdown.
-    stopper = threading.Timer(max(0.0, config["until"] - time.time()), scheduler.shutdown)
+    stopper = threading.Thread(
+        target=_stop_at, args=(scheduler, config["until"], config.get("stop")), daemon=True
+    )
     stopper.start()
     print(f"scheduler process {os.getpid()} starting", flush=True)
     scheduler.start()
