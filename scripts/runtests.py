@@ -267,6 +267,23 @@ def split(nodes: list[str], durations: dict[str, float], shards: int) -> list[li
     return [sorted(m, key=order.__getitem__) for _, _, m in groups if m]
 
 
+def stagger(group: list[str], durations: dict[str, float], fraction: float) -> list[str]:
+    """``group`` started ``fraction`` of its total duration in, the tests before that last.
+
+    The shards of every backend run the same modules in the same order: left
+    so, their multi-process tests (heavy, and timing-bound) would all run at
+    about the same moment. Each shard starting at another point of its list
+    spreads them out. Only one module is cut in two.
+    """
+    total = sum(durations.get(node, DEFAULT_SECONDS) for node in group)
+    elapsed = 0.0
+    for index, node in enumerate(group):
+        if elapsed >= fraction * total:
+            return group[index:] + group[:index]
+        elapsed += durations.get(node, DEFAULT_SECONDS)
+    return group
+
+
 def junit_durations(path: Path, nodes: list[str]) -> dict[str, float]:
     """Seconds per node id (setup, call and teardown) from a pytest JUnit XML report."""
     by_key = {}
@@ -469,12 +486,17 @@ def run_parallel(
             thread.join()
 
     shards: list[Shard] = []
-    for step in steps:
+    for number, step in enumerate(steps):
         nodes = collected.get(step.name)
         groups: list[list[str]] = [[]]
         if nodes:
             durations = load_durations(step.name, cache_dir / f"{step.name}.json")
             groups = split(nodes, durations, min(shards_wanted, len(nodes)))
+            every = len(steps) * len(groups)  # the shards of all backends, staggered
+            groups = [
+                stagger(group, durations, (number * len(groups) + index) / every)
+                for index, group in enumerate(groups)
+            ]
         for index, group in enumerate(groups):
             run_env = dict(env, DJANGO_APSCHEDULER_TEST_DB=step.name)
             name = step.name
