@@ -13,8 +13,10 @@ A PostgreSQL or MariaDB server that does not accept connections is skipped
 with the reason, unless ``--require`` is given: then it is a failure (CI).
 
 By default the backends run at the same time, and each backend's tests are
-split into ``--shards`` pytest runs (shards) that also run at the same time,
-each on a test database of its own. Most of the suite's time is spent
+split into ``--shards`` pytest runs (shards, three by default) that also run
+at the same time, each on a test database of its own, each starting at
+another point of its list of tests (so that the multi-process tests of all
+shards are spread out in time). Most of the suite's time is spent
 waiting on real scheduler processes, not computing, so this is what makes
 the suite quick on two cores. The split is by test, balanced by how long
 each test took the last time (``.cache/test-durations/``, learned from every
