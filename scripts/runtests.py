@@ -13,8 +13,10 @@ A PostgreSQL or MariaDB server that does not accept connections is skipped
 with the reason, unless ``--require`` is given: then it is a failure (CI).
 
 By default the backends run at the same time, and each backend's tests are
-split into ``--shards`` pytest runs (shards) that also run at the same time,
-each on a test database of its own. Most of the suite's time is spent
+split into ``--shards`` pytest runs (shards, three by default) that also run
+at the same time, each on a test database of its own, each starting at
+another point of its list of tests (so that the multi-process tests of all
+shards are spread out in time). Most of the suite's time is spent
 waiting on real scheduler processes, not computing, so this is what makes
 the suite quick on two cores. The split is by test, balanced by how long
 each test took the last time (``.cache/test-durations/``, learned from every
@@ -200,10 +202,10 @@ def finish_backend(
 
 DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = 0.5  # a test no durations file knows about
-# One pytest run per backend: with three per backend (nine at once on two
-# cores) the timing-bound multi-process tests starve, and the storm has shown
-# duplicate fires on MariaDB under that load (an open defect, see CHANGELOG).
-DEFAULT_SHARDS = 1
+# Three pytest runs per backend, nine at once: most of a run is spent waiting
+# on scheduler processes, so on two cores nine overlap their waits (about half
+# the time of one run per backend). More starve the timing-bound tests.
+DEFAULT_SHARDS = 3
 
 
 def collect(
@@ -265,6 +267,23 @@ def split(nodes: list[str], durations: dict[str, float], shards: int) -> list[li
         members.append(node)
         groups[index] = (total + durations.get(node, DEFAULT_SECONDS), index, members)
     return [sorted(m, key=order.__getitem__) for _, _, m in groups if m]
+
+
+def stagger(group: list[str], durations: dict[str, float], fraction: float) -> list[str]:
+    """``group`` started ``fraction`` of its total duration in, the tests before that last.
+
+    The shards of every backend run the same modules in the same order: left
+    so, their multi-process tests (heavy, and timing-bound) would all run at
+    about the same moment. Each shard starting at another point of its list
+    spreads them out. Only one module is cut in two.
+    """
+    total = sum(durations.get(node, DEFAULT_SECONDS) for node in group)
+    elapsed = 0.0
+    for index, node in enumerate(group):
+        if elapsed >= fraction * total:
+            return group[index:] + group[:index]
+        elapsed += durations.get(node, DEFAULT_SECONDS)
+    return group
 
 
 def junit_durations(path: Path, nodes: list[str]) -> dict[str, float]:
@@ -469,12 +488,17 @@ def run_parallel(
             thread.join()
 
     shards: list[Shard] = []
-    for step in steps:
+    for number, step in enumerate(steps):
         nodes = collected.get(step.name)
         groups: list[list[str]] = [[]]
         if nodes:
             durations = load_durations(step.name, cache_dir / f"{step.name}.json")
             groups = split(nodes, durations, min(shards_wanted, len(nodes)))
+            every = len(steps) * len(groups)  # the shards of all backends, staggered
+            groups = [
+                stagger(group, durations, (number * len(groups) + index) / every)
+                for index, group in enumerate(groups)
+            ]
         for index, group in enumerate(groups):
             run_env = dict(env, DJANGO_APSCHEDULER_TEST_DB=step.name)
             name = step.name

@@ -7,7 +7,8 @@ configured jobs with ``replace_existing=True`` and starts, exactly like the
 ``runapscheduler`` command of the 0.7.0 README. A listener appends every
 submission (and every refusal or miss) as a JSON line to ``config["events"]``,
 so the test can check which process submitted which fire. The process stops
-at the epoch time ``config["until"]``.
+at the epoch time ``config["until"]``, or sooner when the file
+``config["stop"]`` appears (the test has seen what it waited for).
 
 With ``config["go"]`` (a path) the process first gets ready (Django set up,
 its scheduler built), writes ``<go>.ready-<pid>``, then waits for the test to
@@ -73,10 +74,13 @@ def hold_gil(path: str, marker: str, deadline: float, stretch: float = 2.0) -> N
     _append(path, {"event": "start", "pid": os.getpid(), "t": time.time()})
     pattern = re.compile(r"(a+)+b")
     size = 16
-    while True:  # calibrate: one match of two seconds or more
-        began = time.monotonic()
+    # Calibrate: one match of ``stretch`` seconds or more of this thread's CPU
+    # time. Wall time would pick shorter stretches on a loaded machine (where
+    # the match is preempted while calibrating), and the heartbeat then kept up.
+    while True:
+        began = time.thread_time()
         pattern.match("a" * size)
-        if time.monotonic() - began >= stretch or size >= 40:
+        if time.thread_time() - began >= stretch or size >= 40:
             break
         size += 1
     while not os.path.exists(marker) and time.time() < deadline:
@@ -142,6 +146,16 @@ def _wait_for_go(path: str, timeout: float = 300) -> dict[str, Any]:
         time.sleep(0.02)
     with open(path) as file:
         return json.load(file)
+
+
+def _stop_at(scheduler: Any, until: float, stop: str | None) -> None:
+    """Shut ``scheduler`` down at the epoch time ``until``, or sooner once the file ``stop`` exists.
+
+    ``shutdown()`` waits for the running jobs, as it does at ``until``.
+    """
+    while time.time() < until and not (stop and os.path.exists(stop)):
+        time.sleep(min(0.1, max(0.0, until - time.time())))
+    scheduler.shutdown()
 
 
 def main(config: dict[str, Any]) -> None:
@@ -227,7 +241,9 @@ def main(config: dict[str, Any]) -> None:
         return  # the main thread ends; the job's thread goes on
     # BlockingScheduler.start() may return as soon as shutdown() has begun, so
     # the process waits for the stopping thread to finish the shutdown.
-    stopper = threading.Timer(max(0.0, config["until"] - time.time()), scheduler.shutdown)
+    stopper = threading.Thread(
+        target=_stop_at, args=(scheduler, config["until"], config.get("stop")), daemon=True
+    )
     stopper.start()
     print(f"scheduler process {os.getpid()} starting", flush=True)
     scheduler.start()

@@ -56,12 +56,14 @@ class SchedulerProcesses:
         # Settings every process gets (the ``use_tz`` fixture sets USE_TZ here).
         self.settings: dict[str, Any] = {}
         self.events = directory / "events.jsonl"
+        # Every process stops when this file appears (stop()), if not at its "until" before.
+        self.stop_file = directory / "stop"
         self.procs: list[subprocess.Popen] = []
         self.outputs: list[Path] = []
 
     def start(self, config: dict[str, Any], settings: dict[str, Any] | None = None) -> int:
         """Start one process with ``config`` (see scheduler_process); return its pid."""
-        config = {"events": str(self.events), **config}
+        config = {"events": str(self.events), "stop": str(self.stop_file), **config}
         env = dict(os.environ)
         env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
         env["DJANGO_APSCHEDULER_TEST_DB_NAME"] = connection.settings_dict["NAME"]
@@ -121,6 +123,15 @@ class SchedulerProcesses:
                 raise AssertionError(
                     f"scheduler process {proc.pid} did not stop:\n{self.log()}"
                 ) from None
+
+    def stop(self, timeout: float = 120) -> None:
+        """Have every process shut down now (running jobs finish first), and wait for them.
+
+        For a test that has seen what it waited for before the processes'
+        ``until``: the rest of that time would only be waited out.
+        """
+        self.stop_file.touch()
+        self.wait(timeout)
 
     def kill_all(self) -> None:
         for proc in self.procs:

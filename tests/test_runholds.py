@@ -1,7 +1,8 @@
 """Issue 9, defect 6: a ``max_instances=1`` job never runs twice at once across processes.
 
 Real scheduler processes (``tests/scheduler_process.py``) on the test
-database. In each case the process running the job loses its claim while the
+database; tests (a) to (c) stop them (``SchedulerProcesses.stop``) once they
+have seen what they wait for, instead of waiting out the processes' end time. In each case the process running the job loses its claim while the
 run goes on: it exits normally (an autostarted worker), holds the GIL, or is
 stopped (SIGSTOP) past the lease. Another process then takes the job and
 dispatches its next fires; they must be refused ("Max instances!") until the
@@ -100,7 +101,7 @@ def test_worker_exiting_while_its_job_runs_keeps_the_job(processes, tmp_path):
     wait_until(lambda: refused_elsewhere() or started_by_other(path, worker), timeout=30)
     processes.procs[0].wait(60)  # exits once its run ended
     wait_until(lambda: started_by_other(path, worker), timeout=30)  # the job is not lost
-    processes.wait()
+    processes.stop()  # the other's run finishes first
     done = assert_no_overlap(path, processes)
     assert done[0]["pid"] == worker and done[0]["end"] < math.inf
     assert {run["pid"] for run in done[1:]} == {other}
@@ -121,7 +122,7 @@ def test_job_holding_the_gil_past_the_lease_is_not_started_twice(processes, tmp_
     # The other process sees the claim lapse and dispatches the job's next fire.
     wait_until(lambda: refused_elsewhere() or started_by_other(path, first), timeout=60)
     marker.touch()
-    processes.wait()
+    processes.stop()  # the held run ends at the marker; nothing more to see
     done = assert_no_overlap(path, processes)
     assert done[0]["pid"] == first
     assert refused_elsewhere()
@@ -150,7 +151,11 @@ def test_stopped_process_reaped_while_its_job_runs_keeps_the_job(processes, tmp_
         wait_until(lambda: refused_elsewhere() or started_by_other(path, victim), timeout=30)
     finally:
         os.kill(victim, signal.SIGCONT)
-    processes.wait()
+    # The victim's run goes on to its end (15 s from its start) and is recorded.
+    wait_until(
+        lambda: any(r["pid"] == victim and r["end"] < math.inf for r in runs(path)), timeout=60
+    )
+    processes.stop()
     done = assert_no_overlap(path, processes)
     assert done[0]["pid"] == victim
     assert refused_elsewhere()
