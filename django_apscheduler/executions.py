@@ -364,7 +364,9 @@ _starts: OrderedDict[tuple[str, float], float] = OrderedDict()
 _starts_lock = threading.Lock()
 
 
-def _note_start(job_id: str, run_time: Any) -> None:
+def _note_start(
+    job_id: str, run_time: Any, instance: Callable[[], str | None] | None = None
+) -> None:
     if not isinstance(run_time, datetime):
         return
     started = now_epoch()
@@ -374,18 +376,19 @@ def _note_start(job_id: str, run_time: Any) -> None:
             _starts.popitem(last=False)
     if signals.received("job_started"):
         # Sent from the recorder's thread, like the other signals: not in the job's.
-        recorder.submit(
-            [
-                Record(
-                    job_id,
-                    run_time,
-                    DjangoJobExecution.SENT,
-                    started=started,
-                    event="job_started",
-                    logged=False,
-                )
-            ]
+        # The record also writes the run's "Started execution" row if the
+        # submission's record is not written yet (APScheduler may report the
+        # submission after the run began), so receivers always get the row.
+        record = Record(
+            job_id,
+            run_time,
+            DjangoJobExecution.SENT,
+            started=started,
+            event="job_started",
+            instance=instance() if instance is not None else None,
         )
+        record.logged = _logged(record)
+        recorder.submit([record])
     elif signals.wanted("job_started"):
         # Observers only (no query, no row): told here, without a trip to the recorder.
         signals.notify(
@@ -419,7 +422,12 @@ def pop_start(job_id: str, run_time: datetime | None) -> float | None:
         return _starts.pop((job_id, run_time.timestamp()), None)
 
 
-def instrument(job: Any, awaits_coroutines: bool = False, pace: RunPace | None = None) -> None:
+def instrument(
+    job: Any,
+    awaits_coroutines: bool = False,
+    pace: RunPace | None = None,
+    instance: Callable[[], str | None] | None = None,
+) -> None:
     """Wrap ``job.func`` so each run holds its job, notes its start and gets fresh DB connections.
 
     Each run holds one of the job's ``max_instances`` run locks while it runs
@@ -448,7 +456,7 @@ def instrument(job: Any, awaits_coroutines: bool = False, pace: RunPace | None =
             entered = time.perf_counter()
             try:
                 with runlocks.holding(job_id, slots):
-                    _note_start(job_id, run_time)
+                    _note_start(job_id, run_time, instance)
                     close_old_connections()
                     try:
                         return asyncio.run(func(*args, **kwargs))
@@ -471,7 +479,7 @@ def instrument(job: Any, awaits_coroutines: bool = False, pace: RunPace | None =
             hold = runlocks.holding(job_id, slots)
             await asyncio.to_thread(hold.__enter__)
             try:
-                _note_start(job_id, run_time)
+                _note_start(job_id, run_time, instance)
                 return await func(*args, **kwargs)
             finally:
                 await asyncio.to_thread(hold.__exit__, None, None, None)
@@ -485,7 +493,7 @@ def instrument(job: Any, awaits_coroutines: bool = False, pace: RunPace | None =
         entered = time.perf_counter()
         try:
             with runlocks.holding(job_id, slots):
-                _note_start(job_id, run_time)
+                _note_start(job_id, run_time, instance)
                 close_old_connections()
                 try:
                     return func(*args, **kwargs)

@@ -612,7 +612,10 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             else:
                 handoff.note_dispatch(job.id, False)
                 executions.instrument(
-                    job, self._awaits_coroutines(job.executor), pace=self._round.pace
+                    job,
+                    self._awaits_coroutines(job.executor),
+                    pace=self._round.pace,
+                    instance=self._instance_for_records,
                 )
                 runs_here.append(job)
             jobs.append(job)

@@ -14,8 +14,7 @@ Every signal is sent with ``sender=DjangoJob`` and these keyword arguments:
 - ``job_id``: the job's id;
 - ``run_time``: the scheduled run time (an aware datetime when ``USE_TZ``);
 - ``execution``: the run's ``DjangoJobExecution`` row, or None when there is
-  none (``APSCHEDULER_EXECUTION_LOG`` did not log it, or it is not written yet:
-  ``job_started`` may come before the submission's row);
+  none (``APSCHEDULER_EXECUTION_LOG`` did not log it);
 - ``instance``: the scheduler instance that submitted the run, when known.
 
 and, per signal:

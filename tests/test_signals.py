@@ -120,6 +120,39 @@ def test_each_run_signal_once_with_its_execution_row(make_scheduler, received):
     assert received.of("job_succeeded")[0]["duration"] >= 0
 
 
+def test_job_started_comes_with_its_row_even_before_the_submission_is_logged(
+    make_scheduler, received, monkeypatch
+):
+    """APScheduler may report a submission after the run began; the start's row is there anyway.
+
+    The submission's record is held back here (a starved scheduler thread):
+    the start still writes the run's "Started execution" row, with its
+    instance, before ``job_started`` is sent.
+    """
+    from apscheduler.events import EVENT_JOB_SUBMITTED
+
+    records_from_event = executions.records_from_event
+
+    def late_submission(event, started=None):
+        if event.code == EVENT_JOB_SUBMITTED:
+            wait_until(lambda: received.of("job_started", "held"), timeout=30)
+        return records_from_event(event, started)
+
+    monkeypatch.setattr(executions, "records_from_event", late_submission)
+    scheduler = make_scheduler()
+    # A run that outlasts the recorder's linger: its start is written alone.
+    scheduler.add_job("tests.jobs:sleep", "date", run_date=timezone.now(), id="held", args=[1])
+    (start,) = wait_until(lambda: received.of("job_started", "held"), timeout=60)
+    assert start["execution"] is not None, "job_started came before its run's row"
+    assert start["execution"].status == DjangoJobExecution.SENT
+    store = scheduler._jobstores["default"]
+    assert start["execution"].instance == store.instance_id is not None
+    wait_until(lambda: received.of("job_succeeded", "held"), timeout=60)
+    executions.recorder.flush(timeout=30)
+    (row,) = DjangoJobExecution.objects.filter(job_id="held")
+    assert row.pk == start["execution"].pk and row.status == DjangoJobExecution.SUCCESS
+
+
 def test_signals_are_sent_even_when_the_log_keeps_nothing(make_scheduler, received, settings):
     """``APSCHEDULER_EXECUTION_LOG = "none"``: no row, the signals still come (execution None)."""
     settings.APSCHEDULER_EXECUTION_LOG = "none"
