@@ -183,6 +183,10 @@ class RunLocks:
             self._ending.clear()
             for name in names:
                 self._held.pop(name, None)
+        self._unlock(names)
+
+    def _unlock(self, names: list[str]) -> None:
+        """Give up ``names`` on the session, which no longer counts them as held."""
         if self._session is None or self._pid != os.getpid():
             return  # lost with their session: nothing left to give up
         try:
@@ -341,12 +345,7 @@ class RunLocks:
                 self._ending.discard(name)
                 if self._held.pop(name, None) is None:
                     return
-            if self._session is None or self._pid != os.getpid():
-                return  # lost with its session: nothing left to give up
-            try:
-                self._session.unlock(name)
-            except Exception as exc:  # the session's end gives the lock up too
-                self._lost(exc)
+            self._unlock([name])
 
     def verify(self, using: str) -> None:
         """While runs hold locks, check the session; if it was lost, reconnect and re-take them.

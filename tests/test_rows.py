@@ -66,29 +66,19 @@ def _run(job_id, status, **more):
 FIELDS = ["job", "run_time", "instance", "status", "finished", "duration", "exception", "traceback"]
 
 
+def _insert(rows, **how):
+    db.insert_rows(DjangoJobExecution, "default", FIELDS, rows, **how)
+
+
 def test_insert_rows_ignores_conflicts_or_updates_them(jobs_):
     done = DjangoJobExecution.SUCCESS
-    db.insert_rows(
-        DjangoJobExecution,
-        "default",
-        FIELDS,
-        [_run("j0", DjangoJobExecution.SENT), _run("j1", DjangoJobExecution.SENT)],
-        ignore_conflicts=True,
-    )
+    sent = DjangoJobExecution.SENT
+    _insert([_run("j0", sent), _run("j1", sent)], ignore_conflicts=True)
     # A second start of j0 is left out; j2's is new.
-    db.insert_rows(
-        DjangoJobExecution,
-        "default",
-        FIELDS,
-        [_run("j0", DjangoJobExecution.SENT), _run("j2", DjangoJobExecution.SENT)],
-        ignore_conflicts=True,
-    )
+    _insert([_run("j0", sent), _run("j2", sent)], ignore_conflicts=True)
     assert DjangoJobExecution.objects.count() == 3
     # The end of j1's run replaces its row's status and times; j0 stays as it was.
-    db.insert_rows(
-        DjangoJobExecution,
-        "default",
-        FIELDS,
+    _insert(
         [_run("j1", done, rest=[Decimal("1700000000.25"), Decimal("0.50"), None, None])],
         update_fields=["status", "finished", "duration", "exception", "traceback"],
         unique_fields=["job", "run_time"],
