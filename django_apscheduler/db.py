@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from django.db import DatabaseError, connections
-from django.db.models import Field, Model
+from django.db.models import CharField, Field, ForeignKey, Model, TextField
 from django.db.models.constants import OnConflict
 
 from django_apscheduler import backends, conf
@@ -149,12 +149,12 @@ def insert_rows(
     )
     types = [str(field.cast_db_type(connection)) for field in every]
     tail = [value for _, value in defaults]
+    preparers = [_preparer(field, connection) for field in given]
     backend = backends.for_alias(using)
     with connection.cursor() as cursor:
         for chunk in _chunks(rows):
             prepared = [
-                [_prepared(field, value, connection) for field, value in zip(given, row)] + tail
-                for row in chunk
+                [prepare(value) for prepare, value in zip(preparers, row)] + tail for row in chunk
             ]
             backend.insert_many(cursor, head, types, prepared, " " + suffix if suffix else "")
 
@@ -176,14 +176,15 @@ def update_values(
     pk = meta.pk
     assert pk is not None and pk.column is not None
     types = [str(field.cast_db_type(connection)) for field in [pk, *columns]]
+    key = _preparer(pk, connection, saving=False)
+    preparers = [_preparer(field, connection) for field in columns]
     backend = backends.for_alias(using)
     count = 0
     with connection.cursor() as cursor:
         for chunk in _chunks(rows):
             count += len(chunk)
             prepared = [
-                [pk.get_db_prep_value(row[0], connection)]
-                + [_prepared(field, value, connection) for field, value in zip(columns, row[1:])]
+                [key(row[0])] + [prepare(value) for prepare, value in zip(preparers, row[1:])]
                 for row in chunk
             ]
             backend.update_many(
@@ -197,9 +198,47 @@ def update_values(
     return count
 
 
-def _prepared(field: Field[Any, Any], value: Any, connection: Any) -> Any:
-    """``value`` as the database takes it for ``field`` (NULL stays NULL, at no cost)."""
-    return None if value is None else field.get_db_prep_save(value, connection)
+def _preparer(field: Field[Any, Any], connection: Any, saving: bool = True) -> Callable[[Any], Any]:
+    """A function of a value to what the database takes for ``field``; NULL stays NULL, at no cost.
+
+    The row writers prepare every value of every row. A string for one of
+    Django's own text fields is stored as it is, so it skips the field's
+    chain of preparation methods; any other field or value (a subclass that
+    prepares differently, a lazy string, a date) is prepared by the field.
+    """
+    prep = field.get_db_prep_save if saving else field.get_db_prep_value
+    if not _stores_strings_unchanged(field):
+
+        def prepared(value: Any) -> Any:
+            return None if value is None else prep(value, connection)
+
+        return prepared
+
+    def prepared_text(value: Any) -> Any:
+        if value is None or (type(value) is str and value):
+            return value
+        return prep(value, connection)
+
+    return prepared_text
+
+
+def _stores_strings_unchanged(field: Field[Any, Any]) -> bool:
+    """Whether ``field`` prepares a non-empty ``str`` into itself, by Django's own methods."""
+    kind = type(field)
+    if isinstance(field, ForeignKey):
+        # A key prepares as its target does.
+        target = field.target_field
+        return (
+            kind.get_db_prep_save is ForeignKey.get_db_prep_save
+            and kind.get_db_prep_value is ForeignKey.get_db_prep_value
+            and isinstance(target, Field)
+            and _stores_strings_unchanged(target)
+        )
+    base = next((b for b in (CharField, TextField) if issubclass(kind, b)), None)
+    return base is not None and all(
+        getattr(kind, name) is getattr(base, name)
+        for name in ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
+    )
 
 
 def _column(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:

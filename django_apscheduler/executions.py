@@ -448,7 +448,8 @@ def instrument(
     job_id = job.id
     slots = getattr(job, "max_instances", None)
     slots = slots if isinstance(slots, int) and slots > 0 else 1
-    if inspect.iscoroutinefunction(func) and not awaits_coroutines:
+    coroutine = inspect.iscoroutinefunction(func)
+    if coroutine and not awaits_coroutines:
 
         @functools.wraps(func)
         def run_coroutine(*args: Any, **kwargs: Any) -> Any:
@@ -468,7 +469,7 @@ def instrument(
 
         job.func = run_coroutine
         return
-    if inspect.iscoroutinefunction(func):
+    if coroutine:
 
         @functools.wraps(func)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
@@ -526,11 +527,15 @@ class ExecutionRecorder:
 
     def submit(self, records: Iterable[Record]) -> None:
         with self._cond:
+            # The recorder waits for a first record, then lingers for a batch:
+            # only those two moments need it woken, not every record.
+            idle = not self._queue
             for record in records:
                 self._queue.append(record)
                 self._pending += 1
             self._ensure_thread()
-            self._cond.notify_all()
+            if idle or len(self._queue) >= BATCH_SIZE:
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted record is written; return False on timeout."""
@@ -550,7 +555,7 @@ class ExecutionRecorder:
 
     def _ensure_thread(self) -> None:
         # A forked child (gunicorn's workers) inherits the queue but not the thread.
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
             return
         self._pid = os.getpid()
         self._thread = threading.Thread(

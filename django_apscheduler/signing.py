@@ -68,8 +68,8 @@ def _message(job_id: str, job_state: bytes | memoryview) -> bytes:
     return b"%d:" % len(ident) + ident + bytes(job_state)
 
 
-#: The keyed HMAC of each secret seen, before any message: copied for each signature.
-_keyed: dict[bytes, hmac.HMAC] = {}
+#: The HMAC key derived from each secret seen.
+_derived: dict[bytes, bytes] = {}
 
 
 def _signature(message: bytes, secret: Any) -> str:
@@ -77,16 +77,13 @@ def _signature(message: bytes, secret: Any) -> str:
 
     The same HMAC, with the key Django derives from the salt and the secret
     computed once per secret instead of once per message (every fire signs
-    and checks a state).
+    and checks a state), and the HMAC itself in one call into OpenSSL.
     """
     raw = force_bytes(secret)
-    keyed = _keyed.get(raw)
-    if keyed is None:
-        key = hashlib.sha256(force_bytes(SALT) + raw).digest()
-        keyed = _keyed.setdefault(raw, hmac.new(key, digestmod=hashlib.sha256))
-    signature = keyed.copy()
-    signature.update(message)
-    return signature.hexdigest()
+    key = _derived.get(raw)
+    if key is None:
+        key = _derived.setdefault(raw, hashlib.sha256(force_bytes(SALT) + raw).digest())
+    return hmac.digest(key, message, "sha256").hex()
 
 
 def _keys() -> list[Any]:

@@ -89,3 +89,33 @@ def test_insert_rows_ignores_conflicts_or_updates_them(jobs_):
     assert rows["j1"].finished == Decimal("1700000000.25")
     assert rows["j0"].status == DjangoJobExecution.SENT and rows["j0"].finished is None
     assert all(r.instance == "instance" and r.task_id is None for r in rows.values())
+
+
+class ShoutingField(DjangoJobExecution._meta.get_field("status").__class__):
+    """A text field that prepares its values its own way: never taken as stored unchanged."""
+
+    def get_prep_value(self, value):
+        return None if value is None else str(value).upper()
+
+
+def test_each_value_is_prepared_as_its_field_would_prepare_it():
+    """The row writers' shortcut for plain strings gives what Django's preparation gives."""
+    from django.db import connection
+    from django.utils.functional import lazy
+
+    lazy_text = lazy(lambda: "lazy", str)()
+    values = ["text", "", lazy_text, None, 7, Decimal("1.50"), AT, b"bytes"]
+    fields = [
+        f
+        for model in (DjangoJob, DjangoJobExecution)
+        for f in model._meta.concrete_fields
+        if f.get_internal_type() in ("CharField", "TextField", "ForeignKey")
+    ]
+    assert {"job", "status", "traceback", "id"} <= {f.name for f in fields}
+    for field in [*fields, ShoutingField(max_length=9)]:
+        prepare = db._preparer(field, connection)
+        for value in values:
+            expected = None if value is None else field.get_db_prep_save(value, connection)
+            got = prepare(value)
+            assert got == expected and type(got) is type(expected), (field, value, got)
+    assert db._preparer(ShoutingField(max_length=9), connection)("quiet") == "QUIET"
