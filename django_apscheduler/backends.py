@@ -7,16 +7,21 @@ MariaDB and SQLite; any other vendor gets the portable defaults.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import os
+import re
 import socket
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections, transaction
-from django.db.models import Model, QuerySet
+from django.db.models import F, Model, QuerySet
+from django.db.models.lookups import Lookup
 
 from django_apscheduler import internals
 
@@ -118,7 +123,12 @@ class _LocalRunLockSession(RunLockSession):
 
 def _lock_digest(using: str, name: str) -> bytes:
     """A digest naming lock ``name`` in database ``using``'s namespace."""
-    database = str(connections[using].settings_dict.get("NAME") or "")
+    return _digest(str(connections[using].settings_dict.get("NAME") or ""), name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(database: str, name: str) -> bytes:
+    """Each run of a job needs its lock's digest twice (lock, unlock): computed once."""
     return hashlib.sha256(f"{database}\x00{name}".encode("utf-8", "surrogatepass")).digest()
 
 
@@ -132,6 +142,7 @@ class _ConnectionRunLockSession(RunLockSession):
     def __init__(self, using: str) -> None:
         self.using = using
         self._wrapper = connections.create_connection(using)
+        self._database = str(self._wrapper.settings_dict.get("NAME") or "")
         self._wrapper.inc_thread_sharing()
         try:
             self._wrapper.ensure_connection()
@@ -185,7 +196,7 @@ class _PostgreSQLRunLockSession(_ConnectionRunLockSession):
             )
 
     def _key(self, name: str) -> int:
-        return int.from_bytes(_lock_digest(self.using, name)[:8], "big", signed=True)
+        return int.from_bytes(_digest(self._database, name)[:8], "big", signed=True)
 
     def try_lock(self, name: str) -> bool:
         return bool(self._query("SELECT pg_try_advisory_lock(%s)", [self._key(name)]))
@@ -321,6 +332,67 @@ class _FileRunLockSession(RunLockSession):
         self._files.clear()
 
 
+#: Python types whose JSON text PostgreSQL casts back to the same value.
+_JSON_PLAIN = (str, int, bool)
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as JSON text PostgreSQL reads back exactly; TypeError for any other type."""
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()  # a naive time is read in the session's time zone, as psycopg's
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()  # bytea's hex input format
+    if isinstance(value, float):
+        return repr(value)
+    raise TypeError(type(value).__name__)
+
+
+def _json_rows(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
+    """A ``FROM`` item of ``rows`` (one JSON array of rows) and its parameter; None if a value won't go.
+
+    One parameter whatever the number of rows, encoded in C (``json.dumps``),
+    where psycopg would quote each array element in Python. The columns are
+    cast from text (:func:`_json_columns`): NULL stays NULL.
+    """
+    try:
+        ready = [
+            [v if v is None or type(v) in _JSON_PLAIN else _json_value(v) for v in row]
+            for row in rows
+        ]
+    except TypeError:
+        return None
+    return "json_array_elements(%s::json) AS r", json.dumps(ready, ensure_ascii=False)
+
+
+def _json_columns(types: Sequence[str]) -> str:
+    """The columns of :func:`_json_rows`'s rows, each cast to its type (typmods left to the column).
+
+    An explicit cast to ``varchar(255)`` would cut a longer value silently;
+    assigning the unbounded value to the column raises an error instead, as
+    an ``INSERT`` of the value would.
+    """
+    return ", ".join(
+        f"(r->>{index})::{_TYPMOD.sub('', sql_type)}" for index, sql_type in enumerate(types)
+    )
+
+
+_TYPMOD = re.compile(r"\(\s*\d+(\s*,\s*\d+)?\s*\)")
+
+
+class _AnyOfJSON(Lookup):  # type: ignore[type-arg]
+    """``column = ANY(<the strings of one JSON array>)``: an index scan, one parameter."""
+
+    lookup_name = "django_apscheduler_any_of_json"  # never registered: used as an expression
+    prepare_rhs = False
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        lhs, params = self.process_lhs(compiler, connection)
+        sql = f"{lhs} = ANY(ARRAY(SELECT json_array_elements_text(%s::json)))"
+        return sql, (*params, json.dumps(self.rhs, ensure_ascii=False))
+
+
 class Backend:
     """Portable behaviour; subclasses override what their database does differently."""
 
@@ -411,6 +483,13 @@ class Backend:
             params,
         )
 
+    def with_keys(self, queryset: QuerySet[M], keys: list[Any]) -> QuerySet[M]:
+        """``queryset`` narrowed to the rows whose primary key is one of ``keys``.
+
+        Portable: ``pk__in``, a parameter per key.
+        """
+        return queryset.filter(pk__in=keys)
+
     def lock_unclaimed(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
         """Lock the rows ``queryset`` selects for writing, skipping rows another transaction holds.
 
@@ -495,8 +574,14 @@ class PostgreSQLBackend(Backend):
         rows: Sequence[Sequence[Any]],
         suffix: str,
     ) -> None:
-        # One array per column: a statement of a few parameters, whatever the
-        # number of rows (psycopg parses a statement of thousands in Python).
+        # All the rows in one parameter: psycopg parses a statement of thousands
+        # of parameters in Python, and quotes an array element by element.
+        payload = _json_rows(rows)
+        if payload is not None:
+            cursor.execute(
+                f"{head} SELECT {_json_columns(types)} FROM {payload[0]}{suffix}", [payload[1]]
+            )
+            return
         arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
         cursor.execute(
             f"{head} SELECT * FROM unnest({arrays}){suffix}",
@@ -512,13 +597,28 @@ class PostgreSQLBackend(Backend):
         types: Sequence[str],
         rows: Sequence[Sequence[Any]],
     ) -> None:
-        arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
         names = ", ".join(f"c{index}" for index in range(len(types)))
         sets = ", ".join(f"{column} = v.c{index}" for index, column in enumerate(columns, start=1))
+        payload = _json_rows(rows)
+        params: list[Any]
+        if payload is not None:
+            source = f"(SELECT {_json_columns(types)} FROM {payload[0]})"
+            params = [payload[1]]
+        else:
+            source = "unnest({})".format(", ".join(f"%s::{sql_type}[]" for sql_type in types))
+            params = [list(column) for column in zip(*rows)]
         cursor.execute(
-            f"UPDATE {table} SET {sets} FROM unnest({arrays}) AS v({names}) WHERE {key} = v.c0",
-            [list(column) for column in zip(*rows)],
+            f"UPDATE {table} SET {sets} FROM {source} AS v({names}) WHERE {key} = v.c0", params
         )
+
+    def with_keys(self, queryset: QuerySet[M], keys: list[Any]) -> QuerySet[M]:
+        # One JSON parameter for the dispatch's hundreds of ids: each key of
+        # ``pk__in`` is prepared by its field and quoted by psycopg in Python.
+        if not keys or not all(type(key) is str for key in keys):
+            return super().with_keys(queryset, keys)
+        pk = queryset.model._meta.pk
+        assert pk is not None
+        return queryset.filter(_AnyOfJSON(F(pk.name), keys))
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, InterfaceError):

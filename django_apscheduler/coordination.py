@@ -123,7 +123,7 @@ def claim_due(
             claims = [c for _, c in sorted(due, key=lambda item: (item[0], item[1].job_id))]
             claims = claims[:limit]
         if claims:
-            DjangoJob.objects.using(using).filter(id__in=[c.job_id for c in claims]).claim(
+            DjangoJob.objects.using(using).with_ids(c.job_id for c in claims).claim(
                 instance, now + lease_time()
             )
     return claims

@@ -184,7 +184,7 @@ class DispatchRound:
             """Write the unchanged rows; return their ids, and those of unchanged locked rows."""
             until = timezone.now() + coordination.lease_time()
             with backend.write_transaction(using):
-                rows = DjangoJob.objects.using(using).filter(id__in=[wb.job_id for wb in pending])
+                rows = DjangoJob.objects.using(using).with_ids(wb.job_id for wb in pending)
                 # Rows another session keeps locked are skipped, not waited for
                 # (a view inside a long atomic block).
                 current = {

@@ -226,9 +226,7 @@ def _write_once(
         # Runs of jobs that are gone are left out before the insert: the
         # foreign key may be checked only at the commit of an outer transaction.
         job_ids = {job_id for job_id, _ in records}
-        alive = set(
-            DjangoJob.objects.using(using).filter(id__in=job_ids).values_list("id", flat=True)
-        )
+        alive = set(DjangoJob.objects.using(using).with_ids(job_ids).values_list("id", flat=True))
         for key in records:
             if key[0] not in alive:
                 logger.debug("Job %r no longer exists; not logging its run at %s", *key)

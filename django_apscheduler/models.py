@@ -82,6 +82,15 @@ def classify_job(
 class DjangoJobQuerySet(models.QuerySet):
     """Queries on stored jobs, each written once (coordination, the store, admin, commands)."""
 
+    def with_ids(self, ids: Iterable[str]) -> DjangoJobQuerySet:
+        """The jobs of ``ids``, in the backend's cheapest form for many ids (each dispatch round's)."""
+        from django_apscheduler import backends
+
+        narrowed = backends.for_alias(self.db).with_keys(
+            cast("models.QuerySet[DjangoJob]", self), list(ids)
+        )
+        return cast(DjangoJobQuerySet, narrowed)
+
     def claimable(self, instance: str, now: datetime) -> DjangoJobQuerySet:
         """Rows nobody else holds: unclaimed, claimed by ``instance``, or with an expired claim."""
         return self.filter(

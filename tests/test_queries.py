@@ -78,6 +78,37 @@ def test_claim_and_release_return_counts_and_change_only_the_selection():
     assert DjangoJob.objects.held_by("nobody").release() == 0
 
 
+WEIRD_IDS = ["plain", "it's \"quoted\"", "back\\slash", "comma,separated", "ünï ✓ 日本", "[1, 2]", ""]
+
+
+def test_with_ids_selects_exactly_those_jobs_in_every_query_form():
+    """One JSON parameter on PostgreSQL, ``IN`` elsewhere: the same rows, whatever the ids hold."""
+    from django.db import transaction
+
+    from django_apscheduler import backends
+
+    DjangoJob.objects.bulk_create(
+        [DjangoJob(id=job_id, job_state=b"s", next_run_time=NOW) for job_id in WEIRD_IDS]
+        + [DjangoJob(id=f"other-{i}", job_state=b"s", next_run_time=NOW) for i in range(5)]
+    )
+    wanted = WEIRD_IDS[1:] + ["missing"]
+    assert ids(DjangoJob.objects.with_ids(wanted)) == sorted(WEIRD_IDS[1:])
+    assert ids(DjangoJob.objects.with_ids(iter(wanted))) == sorted(WEIRD_IDS[1:])
+    assert ids(DjangoJob.objects.exclude(id="plain").exclude(id__startswith="other")) == ids(
+        DjangoJob.objects.with_ids(wanted)
+    )
+    assert ids(DjangoJob.objects.exclude(id__in=DjangoJob.objects.with_ids(wanted))) == sorted(
+        ["plain"] + [f"other-{i}" for i in range(5)]
+    )
+    assert list(DjangoJob.objects.with_ids([])) == []
+    with transaction.atomic():
+        backend = backends.for_alias("default")
+        locked = backend.lock_for_write(DjangoJob.objects.with_ids(wanted[:2]), "default")
+        assert ids(locked) == sorted(wanted[:2])
+    assert DjangoJob.objects.with_ids(wanted).claim("me", NOW) == len(WEIRD_IDS) - 1
+    assert ids(DjangoJob.objects.held_by("me")) == sorted(WEIRD_IDS[1:])
+
+
 def test_due_and_the_state_filters():
     store_job("soon", next_run_time=FUTURE)
     store_job("later", next_run_time=FUTURE + timedelta(days=1))

@@ -119,3 +119,71 @@ def test_each_value_is_prepared_as_its_field_would_prepare_it():
             got = prepare(value)
             assert got == expected and type(got) is type(expected), (field, value, got)
     assert db._preparer(ShoutingField(max_length=9), connection)("quiet") == "QUIET"
+
+
+AWKWARD_TEXTS = [
+    "quotes \" and ' and a backslash \\ and \\x41",
+    "ünïcödé ✓ 日本 \U0001f600",
+    '{"looks": ["like", null, "json"]}',
+    "NULL",
+    "",
+    "tab\tnew\nline\r",
+]
+
+
+def test_awkward_values_come_back_as_they_went_in(jobs_):
+    """Whatever the SQL carries the rows in (PostgreSQL: one JSON parameter), no value changes."""
+    states = [bytes(range(256)), b"\\x41", b""]
+    db.update_values(
+        DjangoJob,
+        "default",
+        ["job_state", "pause_note", "next_run_time"],
+        [
+            [f"j{i}", state, text, AT + timedelta(microseconds=123456 * i)]
+            for i, (state, text) in enumerate(zip(states, AWKWARD_TEXTS))
+        ],
+    )
+    rows = {r.id: r for r in DjangoJob.objects.all()}
+    for i, (state, text) in enumerate(zip(states, AWKWARD_TEXTS)):
+        assert bytes(rows[f"j{i}"].job_state) == state
+        assert rows[f"j{i}"].pause_note == text
+        assert rows[f"j{i}"].next_run_time == AT + timedelta(microseconds=123456 * i)
+    _insert(
+        [
+            [
+                "j0",
+                AT + timedelta(seconds=i),
+                "instance",
+                DjangoJobExecution.ERROR,
+                Decimal("1700000000.25"),
+                Decimal("0.01") * i,
+                text,
+                text * 3,
+            ]
+            for i, text in enumerate(AWKWARD_TEXTS)
+        ]
+    )
+    logged = {
+        r.run_time: r for r in DjangoJobExecution.objects.filter(job_id="j0").order_by("run_time")
+    }
+    assert len(logged) == len(AWKWARD_TEXTS)
+    for i, text in enumerate(AWKWARD_TEXTS):
+        row = logged[AT + timedelta(seconds=i)]
+        assert (row.exception, row.traceback) == (text, text * 3)
+        assert row.duration == Decimal("0.01") * i and row.finished == Decimal("1700000000.25")
+
+
+def test_a_value_too_long_for_its_column_is_never_cut_short(jobs_):
+    """As with an ``INSERT`` of the value: the database refuses it, or (SQLite) keeps it whole."""
+    from django.db import DatabaseError, connection, transaction
+
+    long_note = "n" * 1001  # pause_note holds 1000
+    try:
+        with transaction.atomic():
+            db.update_values(DjangoJob, "default", ["pause_note"], [["j0", long_note]])
+    except DatabaseError:
+        assert connection.vendor != "sqlite"
+        assert DjangoJob.objects.get(id="j0").pause_note is None
+    else:
+        assert connection.vendor == "sqlite"
+        assert DjangoJob.objects.get(id="j0").pause_note == long_note
