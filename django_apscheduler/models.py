@@ -244,6 +244,10 @@ class DjangoJobQuerySet(models.QuerySet):
         """
         return self.scheduled().filter(next_run_time__lt=before)
 
+    def unreported_late(self) -> DjangoJobQuerySet:
+        """Rows whose current next run time was not reported overdue yet (a new episode, if late)."""
+        return self.exclude(overdue_reported=models.F("next_run_time"))
+
     def overdue(self, now: datetime | None = None) -> DjangoJobQuerySet:
         """The jobs overdue at ``now``: past their next run time by more than their allowance.
 

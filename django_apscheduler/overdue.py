@@ -59,21 +59,26 @@ def _aware(value: datetime) -> datetime:
     return util.utc(value if timezone.is_aware(value) else timezone.make_aware(value))
 
 
-def find_overdue(now: datetime | None = None, using: str | None = None) -> list[OverdueJob]:
+def find_overdue(
+    now: datetime | None = None, using: str | None = None, *, unreported: bool = False
+) -> list[OverdueJob]:
     """The jobs overdue at ``now``, most late first; broken and paused jobs are not.
 
     One indexed query for the candidates (next run time before ``now`` minus
     the smallest allowance); only those are unpickled, for their grace time.
+    ``unreported`` leaves out the episodes already reported, in the query: a
+    backlog of overdue jobs costs a scheduler's housekeeping nothing once
+    reported.
     """
     now = util.utc(now or timezone.now())
     using = using or router.db_for_read(DjangoJob)
     smallest = min([pickup_slack().total_seconds(), *conf.overdue_after_values()])
     before = util.get_django_internal_datetime(now - timedelta(seconds=smallest))
-    rows = (
-        DjangoJob.objects.using(using)
-        .late(before)  # type: ignore[arg-type]
-        .order_by("next_run_time", "id")
-        .values_list("id", "next_run_time", "job_state", "job_signature")
+    candidates = DjangoJob.objects.using(using).late(before)  # type: ignore[arg-type]
+    if unreported:
+        candidates = candidates.unreported_late()
+    rows = candidates.order_by("next_run_time", "id").values_list(
+        "id", "next_run_time", "job_state", "job_signature"
     )
     found = []
     for job_id, next_run_time, state, signature in rows.iterator():
@@ -111,7 +116,7 @@ def report_overdue(now: datetime | None = None, using: str | None = None) -> lis
     """
     using = using or router.db_for_write(DjangoJob)
     reported = []
-    for job in find_overdue(now, using):
+    for job in find_overdue(now, using, unreported=True):
         if not DjangoJob.objects.using(using).mark_overdue_reported(job.job_id, job.next_run_time):
             continue  # reported before, by this or another scheduler
         reported.append(job)

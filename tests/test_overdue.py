@@ -205,3 +205,21 @@ def test_three_saturated_schedulers_report_an_overdue_job_once(tmp_path):
     # runapscheduler's own output has the one line too, from the reporting process.
     (line,) = [x for x in logs_text().splitlines() if x.startswith("Run of starved ")]
     assert ": OVERDUE: not started " in line
+
+
+def test_a_reported_backlog_costs_the_next_report_one_query(overdue_signals):
+    """Overdue episodes already reported are left out by the query: not unpickled, not updated."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for i in range(6):
+        _store_late_job(f"late-{i}", 5 + i)
+    assert len(overdue.report_overdue()) == 6
+    with CaptureQueriesContext(connection) as queries:
+        assert overdue.report_overdue() == []
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    # Still overdue for the admin and the health command, reported or not.
+    assert len(overdue.find_overdue()) == 6
+    # A new episode of one of them is found and reported.
+    client.modify_job("late-2", next_run_time=timezone.now() - timedelta(minutes=3))
+    assert [o.job_id for o in overdue.report_overdue()] == ["late-2"]
