@@ -299,8 +299,12 @@ class RunLocks:
         with self._mutex:
             if name not in self._held:
                 return
+            # Locks already waiting go in the releaser's coming batch: only the
+            # first of a batch needs to wake it.
+            first = not self._ending
             self._ending.add(name)
-            self._wake_releaser()
+            if first:
+                self._wake_releaser()
 
     def flush_releases(self) -> None:
         """Give up now the locks :meth:`release_soon` is about to."""
