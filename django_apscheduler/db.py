@@ -12,10 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from django.conf import settings
 from django.db import DatabaseError, connections
-from django.db.models import CharField, Field, ForeignKey, Model, TextField
+from django.db.models import (
+    CharField,
+    DateTimeField,
+    DecimalField,
+    Field,
+    ForeignKey,
+    Model,
+    TextField,
+)
 from django.db.models.constants import OnConflict
 
 from django_apscheduler import backends, conf
@@ -201,44 +212,81 @@ def update_values(
 def _preparer(field: Field[Any, Any], connection: Any, saving: bool = True) -> Callable[[Any], Any]:
     """A function of a value to what the database takes for ``field``; NULL stays NULL, at no cost.
 
-    The row writers prepare every value of every row. A string for one of
-    Django's own text fields is stored as it is, so it skips the field's
-    chain of preparation methods; any other field or value (a subclass that
-    prepares differently, a lazy string, a date) is prepared by the field.
+    The row writers prepare every value of every row (the log writes a row
+    per run). Where Django's own field prepares a value of the usual type in
+    one known step (a string for a text field: itself; a finite ``Decimal``
+    and a datetime of the right awareness: the backend's adaptation), that
+    step is taken directly. Any other field (a subclass that prepares
+    differently) or value (a lazy string, a float) is prepared by the field.
     """
     prep = field.get_db_prep_save if saving else field.get_db_prep_value
-    if not _stores_strings_unchanged(field):
+    kind = _own_kind(field)
+    if not saving and kind is not CharField and kind is not TextField:
+        kind = None  # the shortcuts below are those of saving a value
+    ops = connection.ops
 
-        def prepared(value: Any) -> Any:
-            return None if value is None else prep(value, connection)
+    if kind is DecimalField:
+        digits, places = field.max_digits, field.decimal_places  # type: ignore[attr-defined]
 
-        return prepared
+        def prepared_decimal(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is Decimal and value.is_finite():
+                return ops.adapt_decimalfield_value(value, digits, places)
+            return prep(value, connection)
 
-    def prepared_text(value: Any) -> Any:
-        if value is None or (type(value) is str and value):
-            return value
-        return prep(value, connection)
+        return prepared_decimal
+    if kind is DateTimeField:
+        aware = bool(settings.USE_TZ)
 
-    return prepared_text
+        def prepared_datetime(value: Any) -> Any:
+            if value is None:
+                return None
+            if type(value) is datetime and (value.utcoffset() is not None) is aware:
+                return ops.adapt_datetimefield_value(value)
+            return prep(value, connection)
+
+        return prepared_datetime
+    if kind is CharField or kind is TextField:
+
+        def prepared_text(value: Any) -> Any:
+            if value is None or (type(value) is str and value):
+                return value
+            return prep(value, connection)
+
+        return prepared_text
+
+    def prepared(value: Any) -> Any:
+        return None if value is None else prep(value, connection)
+
+    return prepared
 
 
-def _stores_strings_unchanged(field: Field[Any, Any]) -> bool:
-    """Whether ``field`` prepares a non-empty ``str`` into itself, by Django's own methods."""
+#: The fields whose preparation :func:`_preparer` shortens, and the methods it relies on.
+_KNOWN_KINDS = (CharField, TextField, DecimalField, DateTimeField)
+_PREPARING = ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
+
+
+def _own_kind(field: Field[Any, Any]) -> type | None:
+    """The one of :data:`_KNOWN_KINDS` that prepares ``field``'s values, by its own methods only.
+
+    A foreign key prepares as its target does. None for any other field, and
+    for a subclass that overrides any step of the preparation.
+    """
     kind = type(field)
     if isinstance(field, ForeignKey):
-        # A key prepares as its target does.
         target = field.target_field
-        return (
+        if (
             kind.get_db_prep_save is ForeignKey.get_db_prep_save
             and kind.get_db_prep_value is ForeignKey.get_db_prep_value
             and isinstance(target, Field)
-            and _stores_strings_unchanged(target)
-        )
-    base = next((b for b in (CharField, TextField) if issubclass(kind, b)), None)
-    return base is not None and all(
-        getattr(kind, name) is getattr(base, name)
-        for name in ("get_db_prep_save", "get_db_prep_value", "get_prep_value", "to_python")
-    )
+        ):
+            return _own_kind(target)
+        return None
+    base = next((b for b in _KNOWN_KINDS if issubclass(kind, b)), None)
+    if base is None or not all(getattr(kind, name) is getattr(base, name) for name in _PREPARING):
+        return None
+    return base
 
 
 def _column(model: type[Model], name: str) -> tuple[Field[Any, Any], str]:
