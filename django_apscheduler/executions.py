@@ -108,8 +108,8 @@ class Record:
     logged: bool = field(default=True, compare=False)
     #: The exception a failed run raised, when it ran in this process (not stored).
     error: BaseException | None = field(default=None, compare=False, repr=False)
-    #: More keyword arguments of the record's signal.
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: More keyword arguments of the record's signal, if any.
+    extra: dict[str, Any] | None = field(default=None, compare=False, repr=False)
     key: tuple[str, datetime] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -486,23 +486,50 @@ def instrument(
         job.func = run_async
         return
 
-    @functools.wraps(func)
-    def run(*args: Any, **kwargs: Any) -> Any:
+    job.func = _Run(func, job_id, slots, pace, instance)
+
+
+class _Run:
+    """A job's (plain) function as :func:`instrument` runs it: one small object per fire.
+
+    The store restores every job it dispatches, so this is made once per
+    fire: a class with slots rather than a closure with its cells and the
+    attributes ``functools.wraps`` copies (``__wrapped__`` is the function).
+    """
+
+    __slots__ = ("__wrapped__", "_job_id", "_slots", "_pace", "_instance")
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        job_id: str,
+        slots: int,
+        pace: RunPace | None,
+        instance: Callable[[], str | None] | None,
+    ) -> None:
+        self.__wrapped__ = func
+        self._job_id = job_id
+        self._slots = slots
+        self._pace = pace
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_time = internals.caller_run_time()
         entered = time.perf_counter()
         try:
-            with runlocks.holding(job_id, slots):
-                _note_start(job_id, run_time, instance)
+            with runlocks.holding(self._job_id, self._slots):
+                _note_start(self._job_id, run_time, self._instance)
                 close_old_connections()
                 try:
-                    return func(*args, **kwargs)
+                    return self.__wrapped__(*args, **kwargs)
                 finally:
                     close_old_connections()
         finally:
-            if pace is not None:
-                pace.observe(time.perf_counter() - entered)
+            if self._pace is not None:
+                self._pace.observe(time.perf_counter() - entered)
 
-    job.func = run
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)
 
 
 # --- The recorder thread ----------------------------------------------------------
@@ -680,7 +707,7 @@ def send_signals(records: list[Record]) -> None:
                 traceback=record.traceback,
                 duration=duration,
             )
-        extra.update(record.extra)
+        extra.update(record.extra or ())
         kwargs = {
             "job_id": record.job_id,
             "run_time": record.run_time,
