@@ -338,6 +338,11 @@ _JSON_PLAIN = (str, int, bool)
 
 def _json_value(value: Any) -> Any:
     """``value`` as JSON text PostgreSQL reads back exactly; TypeError for any other type."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)  # psycopg's Int4 and the like, as Django prepares integers
+    wrapped = getattr(value, "obj", None)
+    if type(value).__name__ == "Binary" and isinstance(wrapped, (bytes, bytearray, memoryview)):
+        value = wrapped  # psycopg's Binary, as Django prepares a BinaryField's value
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()  # a naive time is read in the session's time zone, as psycopg's
     if isinstance(value, Decimal):

@@ -213,3 +213,24 @@ def test_a_value_too_long_for_its_column_is_never_cut_short(jobs_):
     else:
         assert connection.vendor == "sqlite"
         assert DjangoJob.objects.get(id="j0").pause_note == long_note
+
+
+def test_postgresql_sends_the_rows_as_one_parameter(jobs_):
+    """Each writer is one statement of one parameter there, with Django's prepared values as they come."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        db.update_values(
+            DjangoJob,
+            "default",
+            ["next_run_time", "job_state", "version"],
+            [[f"j{i}", AT, b"state", 3] for i in range(3)],
+        )
+        _insert([_run(f"j{i}", DjangoJobExecution.SENT) for i in range(3)], ignore_conflicts=True)
+    statements = [q["sql"] for q in queries if q["sql"].startswith(("UPDATE", "INSERT"))]
+    assert len(statements) == 2
+    if connection.vendor == "postgresql":
+        assert all("json_array_elements" in sql for sql in statements), statements
+    assert {bytes(r.job_state) for r in DjangoJob.objects.all()} == {b"state"}
+    assert {r.version for r in DjangoJob.objects.all()} == {3}
