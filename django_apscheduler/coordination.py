@@ -40,9 +40,8 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from django.db import connections
 from django.utils import timezone
@@ -69,9 +68,8 @@ def new_instance_id() -> str:
     return f"{socket.gethostname()[:200]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A due job claimed by this instance, as its row was when claimed."""
+class Claim(NamedTuple):
+    """A due job claimed by this instance, as its row was when claimed (one per fire: a tuple)."""
 
     job_id: str
     job_state: bytes

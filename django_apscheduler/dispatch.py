@@ -16,10 +16,9 @@ import functools
 import logging
 import pickle
 import threading
-from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
@@ -50,9 +49,8 @@ WRITE_BACK_FIELDS = [
 ]
 
 
-@dataclass
-class WriteBack:
-    """What the dispatch of one job changed, waiting for the end of the round."""
+class WriteBack(NamedTuple):
+    """What the dispatch of one job changed, waiting for the end of the round (one per fire)."""
 
     job_id: str
     executor: str | None
