@@ -209,17 +209,18 @@ class _PostgreSQLRunLockSession(_ConnectionRunLockSession):
             return []
         with self._wrapper.cursor() as cursor:
             cursor.execute(
-                "SELECT pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY "
-                "AS t(k, i) ORDER BY i",
-                [[self._key(name) for name in names]],
+                "SELECT pg_try_advisory_lock(k::bigint) FROM json_array_elements_text(%s::json) "
+                "WITH ORDINALITY AS t(k, i) ORDER BY i",
+                [json.dumps([self._key(name) for name in names])],
             )
             return [bool(taken) for (taken,) in cursor.fetchall()]
 
     def unlock_many(self, names: Sequence[str]) -> None:
         if names:
             self._query(
-                "SELECT count(pg_advisory_unlock(k)) FROM unnest(%s::bigint[]) AS t(k)",
-                [[self._key(name) for name in names]],
+                "SELECT count(pg_advisory_unlock(k::bigint)) "
+                "FROM json_array_elements_text(%s::json) AS t(k)",
+                [json.dumps([self._key(name) for name in names])],
             )
 
     def holder(self, name: str) -> str | None:
