@@ -1,9 +1,12 @@
 """The package's settings, read from ``django.conf.settings`` with their defaults.
 
-Every setting is read at the moment it is needed, so ``override_settings`` in
-tests and changes at start-up are honoured. The library reads each setting
-through its typed accessor below (``lease_time()``, ``threads()``...);
-:func:`get` returns the raw value, for the system checks and generic code.
+Every setting is read when it is first needed and kept until any setting
+changes (Django's ``setting_changed``: ``override_settings``, the test
+``settings`` fixture), so those are honoured; a run reads several of them, and
+reading an unset setting through ``django.conf.settings`` costs an exception.
+The library reads each setting through its typed accessor below
+(``lease_time()``, ``threads()``...); :func:`get` returns the raw value, for
+the system checks and generic code.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 
 #: Defaults of every ``APSCHEDULER_*`` setting this app reads.
 DEFAULTS: dict[str, Any] = {
@@ -90,9 +94,23 @@ ExecutionLog = Literal["all", "failures", "none"]
 EXECUTION_LOG_CHOICES: tuple[ExecutionLog, ...] = ("all", "failures", "none")
 
 
+_values: dict[str, Any] = {}
+_UNREAD = object()
+
+
 def get(name: str) -> Any:
     """Return the value of setting ``name``, or its default."""
-    return getattr(settings, name, DEFAULTS[name])
+    value = _values.get(name, _UNREAD)
+    if value is _UNREAD:
+        value = _values[name] = getattr(settings, name, DEFAULTS[name])
+    return value
+
+
+def _forget(**kwargs: Any) -> None:
+    _values.clear()
+
+
+setting_changed.connect(_forget, dispatch_uid="django_apscheduler.conf")
 
 
 def _misconfigured(name: str, expected: str, value: Any) -> ImproperlyConfigured:

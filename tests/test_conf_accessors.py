@@ -141,3 +141,15 @@ def test_the_library_reads_settings_through_the_accessors():
             ):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert offenders == []
+
+
+def test_a_setting_is_read_again_whenever_settings_change(settings):
+    """Values are kept between reads, and dropped on every ``setting_changed``."""
+    assert conf.lease_time() == conf.DEFAULTS["APSCHEDULER_LEASE_TIME"]
+    settings.APSCHEDULER_LEASE_TIME = 33
+    assert conf.lease_time() == 33
+    with override_settings(APSCHEDULER_LEASE_TIME=44):
+        assert conf.lease_time() == 44
+    assert conf.lease_time() == 33
+    settings.APSCHEDULER_LEASE_TIME = conf.DEFAULTS["APSCHEDULER_LEASE_TIME"]
+    assert conf.lease_time() == conf.DEFAULTS["APSCHEDULER_LEASE_TIME"]

@@ -78,7 +78,15 @@ def test_claim_and_release_return_counts_and_change_only_the_selection():
     assert DjangoJob.objects.held_by("nobody").release() == 0
 
 
-WEIRD_IDS = ["plain", "it's \"quoted\"", "back\\slash", "comma,separated", "ünï ✓ 日本", "[1, 2]", ""]
+WEIRD_IDS = [
+    "plain",
+    'it\'s "quoted"',
+    "back\\slash",
+    "comma,separated",
+    "ünï ✓ 日本",
+    "[1, 2]",
+    "",
+]
 
 
 def test_with_ids_selects_exactly_those_jobs_in_every_query_form():
