@@ -121,14 +121,9 @@ class _LocalRunLockSession(RunLockSession):
         pass
 
 
-def _lock_digest(using: str, name: str) -> bytes:
-    """A digest naming lock ``name`` in database ``using``'s namespace."""
-    return _digest(str(connections[using].settings_dict.get("NAME") or ""), name)
-
-
 @functools.lru_cache(maxsize=4096)
 def _digest(database: str, name: str) -> bytes:
-    """Each run of a job needs its lock's digest twice (lock, unlock): computed once."""
+    """A digest naming lock ``name`` in ``database``'s namespace (cached: a run locks and unlocks)."""
     return hashlib.sha256(f"{database}\x00{name}".encode("utf-8", "surrogatepass")).digest()
 
 
@@ -239,15 +234,14 @@ class _PostgreSQLRunLockSession(_ConnectionRunLockSession):
 class _MySQLRunLockSession(_ConnectionRunLockSession):
     """``GET_LOCK(name, 0)``: user-level locks, server-wide, so the name includes the database."""
 
-    @staticmethod
-    def _name(using: str, name: str) -> str:
-        return "django_apscheduler:" + _lock_digest(using, name).hex()[:40]  # 59 of 64 chars
+    def _name(self, name: str) -> str:
+        return "django_apscheduler:" + _digest(self._database, name).hex()[:40]  # 59 of 64 chars
 
     def try_lock(self, name: str) -> bool:
-        return self._query("SELECT GET_LOCK(%s, 0)", [self._name(self.using, name)]) == 1
+        return self._query("SELECT GET_LOCK(%s, 0)", [self._name(name)]) == 1
 
     def unlock(self, name: str) -> None:
-        self._query("SELECT RELEASE_LOCK(%s)", [self._name(self.using, name)])
+        self._query("SELECT RELEASE_LOCK(%s)", [self._name(name)])
 
     #: Locks per statement of the batched calls (one row of that many columns).
     BATCH = 200
@@ -255,7 +249,7 @@ class _MySQLRunLockSession(_ConnectionRunLockSession):
     def _each(self, function: str, names: Sequence[str]) -> list[Any]:
         results: list[Any] = []
         for start in range(0, len(names), self.BATCH):
-            chunk = [self._name(self.using, name) for name in names[start : start + self.BATCH]]
+            chunk = [self._name(name) for name in names[start : start + self.BATCH]]
             with self._wrapper.cursor() as cursor:
                 cursor.execute("SELECT " + ", ".join([function] * len(chunk)), chunk)
                 results.extend(cursor.fetchone())
@@ -268,7 +262,7 @@ class _MySQLRunLockSession(_ConnectionRunLockSession):
         self._each("RELEASE_LOCK(%s)", names)
 
     def holder(self, name: str) -> str | None:
-        holder = self._query("SELECT IS_USED_LOCK(%s)", [self._name(self.using, name)])
+        holder = self._query("SELECT IS_USED_LOCK(%s)", [self._name(name)])
         return None if holder is None else f"MySQL connection {holder}"
 
 
@@ -341,9 +335,10 @@ def _json_value(value: Any) -> Any:
     """``value`` as JSON text PostgreSQL reads back exactly; TypeError for any other type."""
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)  # psycopg's Int4 and the like, as Django prepares integers
-    wrapped = getattr(value, "obj", None)
-    if type(value).__name__ == "Binary" and isinstance(wrapped, (bytes, bytearray, memoryview)):
-        value = wrapped  # psycopg's Binary, as Django prepares a BinaryField's value
+    if type(value).__name__ == "Binary":
+        # How Django prepares a BinaryField's value: psycopg 3's Binary keeps
+        # the bytes as ``obj``, psycopg2's as ``adapted``.
+        value = getattr(value, "obj", getattr(value, "adapted", value))
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()  # a naive time is read in the session's time zone, as psycopg's
     if isinstance(value, Decimal):
@@ -355,12 +350,15 @@ def _json_value(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _json_rows(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
-    """A ``FROM`` item of ``rows`` (one JSON array of rows) and its parameter; None if a value won't go.
+def _rows_source(types: Sequence[str], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """A ``SELECT`` of ``rows`` as columns of ``types``, and its parameters.
 
-    One parameter whatever the number of rows, encoded in C (``json.dumps``),
-    where psycopg would quote each array element in Python. The columns are
-    cast from text (:func:`_json_columns`): NULL stays NULL.
+    One JSON parameter whatever the number of rows, encoded in C
+    (``json.dumps``), where psycopg would quote each element of an array in
+    Python; one array per column (``unnest``) if a value has no exact JSON
+    form. Either way each column is cast to its type without a length
+    (:func:`_unbounded`): NULL stays NULL, and a value too long for its
+    column is refused when assigned, as an ``INSERT`` of it would be.
     """
     try:
         ready = [
@@ -368,23 +366,45 @@ def _json_rows(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
             for row in rows
         ]
     except TypeError:
-        return None
-    return "json_array_elements(%s::json) AS r", json.dumps(ready, ensure_ascii=False)
-
-
-def _json_columns(types: Sequence[str]) -> str:
-    """The columns of :func:`_json_rows`'s rows, each cast to its type (typmods left to the column).
-
-    An explicit cast to ``varchar(255)`` would cut a longer value silently;
-    assigning the unbounded value to the column raises an error instead, as
-    an ``INSERT`` of the value would.
-    """
-    return ", ".join(
-        f"(r->>{index})::{_TYPMOD.sub('', sql_type)}" for index, sql_type in enumerate(types)
+        arrays = ", ".join(f"%s::{_unbounded(sql_type)}[]" for sql_type in types)
+        return f"SELECT * FROM unnest({arrays})", [list(column) for column in zip(*rows)]
+    columns = ", ".join(
+        f"(r->>{index})::{_unbounded(sql_type)}" for index, sql_type in enumerate(types)
+    )
+    return (
+        f"SELECT {columns} FROM json_array_elements(%s::json) AS r",
+        [json.dumps(ready, ensure_ascii=False)],
     )
 
 
-_TYPMOD = re.compile(r"\(\s*\d+(\s*,\s*\d+)?\s*\)")
+#: Types whose length an explicit cast would silently cut to, and their unbounded forms.
+_BOUNDED = re.compile(
+    r"^\s*(varchar|character varying|char|character|bpchar|bit|bit varying|varbit|numeric|decimal)"
+    r"\s*\(\s*\d+(\s*,\s*\d+)?\s*\)\s*$",
+    re.IGNORECASE,
+)
+_UNBOUNDED = {
+    "varchar": "varchar",
+    "character varying": "varchar",
+    "char": "bpchar",
+    "character": "bpchar",
+    "bpchar": "bpchar",
+    "bit": "varbit",
+    "bit varying": "varbit",
+    "varbit": "varbit",
+    "numeric": "numeric",
+    "decimal": "numeric",
+}
+
+
+def _unbounded(sql_type: str) -> str:
+    """``sql_type`` without the length an explicit cast would cut values to (``varchar(255)``).
+
+    ``char(4)`` becomes ``bpchar``, not ``char`` (which means ``char(1)``);
+    any other type is left as it is.
+    """
+    match = _BOUNDED.match(sql_type)
+    return _UNBOUNDED[match[1].lower()] if match else sql_type
 
 
 class _AnyOfJSON(Lookup):  # type: ignore[type-arg]
@@ -580,19 +600,10 @@ class PostgreSQLBackend(Backend):
         rows: Sequence[Sequence[Any]],
         suffix: str,
     ) -> None:
-        # All the rows in one parameter: psycopg parses a statement of thousands
-        # of parameters in Python, and quotes an array element by element.
-        payload = _json_rows(rows)
-        if payload is not None:
-            cursor.execute(
-                f"{head} SELECT {_json_columns(types)} FROM {payload[0]}{suffix}", [payload[1]]
-            )
-            return
-        arrays = ", ".join(f"%s::{sql_type}[]" for sql_type in types)
-        cursor.execute(
-            f"{head} SELECT * FROM unnest({arrays}){suffix}",
-            [list(column) for column in zip(*rows)],
-        )
+        # All the rows in one parameter (see _rows_source): psycopg parses a
+        # statement of thousands of parameters in Python.
+        source, params = _rows_source(types, rows)
+        cursor.execute(f"{head} {source}{suffix}", params)
 
     def update_many(
         self,
@@ -605,16 +616,9 @@ class PostgreSQLBackend(Backend):
     ) -> None:
         names = ", ".join(f"c{index}" for index in range(len(types)))
         sets = ", ".join(f"{column} = v.c{index}" for index, column in enumerate(columns, start=1))
-        payload = _json_rows(rows)
-        params: list[Any]
-        if payload is not None:
-            source = f"(SELECT {_json_columns(types)} FROM {payload[0]})"
-            params = [payload[1]]
-        else:
-            source = "unnest({})".format(", ".join(f"%s::{sql_type}[]" for sql_type in types))
-            params = [list(column) for column in zip(*rows)]
+        source, params = _rows_source(types, rows)
         cursor.execute(
-            f"UPDATE {table} SET {sets} FROM {source} AS v({names}) WHERE {key} = v.c0", params
+            f"UPDATE {table} SET {sets} FROM ({source}) AS v({names}) WHERE {key} = v.c0", params
         )
 
     def with_keys(self, queryset: QuerySet[M], keys: list[Any]) -> QuerySet[M]:

@@ -100,14 +100,17 @@ _UNREAD = object()
 
 def get(name: str) -> Any:
     """Return the value of setting ``name``, or its default."""
-    value = _values.get(name, _UNREAD)
+    values = _values  # a read racing a change keeps what it read out of the new cache
+    value = values.get(name, _UNREAD)
     if value is _UNREAD:
-        value = _values[name] = getattr(settings, name, DEFAULTS[name])
+        value = values[name] = getattr(settings, name, DEFAULTS[name])
     return value
 
 
 def _forget(**kwargs: Any) -> None:
-    _values.clear()
+    """Settings changed (``override_settings`` swaps them first, then sends the signal)."""
+    global _values
+    _values = {}
 
 
 setting_changed.connect(_forget, dispatch_uid="django_apscheduler.conf")

@@ -83,7 +83,11 @@ class DjangoJobQuerySet(models.QuerySet):
     """Queries on stored jobs, each written once (coordination, the store, admin, commands)."""
 
     def with_ids(self, ids: Iterable[str]) -> DjangoJobQuerySet:
-        """The jobs of ``ids``, in the backend's cheapest form for many ids (each dispatch round's)."""
+        """The jobs of ``ids``, in the backend's cheapest form for many ids (each dispatch round's).
+
+        The form is that of the queryset's database (``self.db``): pin it with
+        ``using()`` first, as for any write.
+        """
         from django_apscheduler import backends
 
         narrowed = backends.for_alias(self.db).with_keys(

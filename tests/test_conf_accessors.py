@@ -146,6 +146,7 @@ def test_the_library_reads_settings_through_the_accessors():
 def test_a_setting_is_read_again_whenever_settings_change(settings):
     """Values are kept between reads, and dropped on every ``setting_changed``."""
     assert conf.lease_time() == conf.DEFAULTS["APSCHEDULER_LEASE_TIME"]
+    assert "APSCHEDULER_LEASE_TIME" in conf._values  # kept, not read again at each call
     settings.APSCHEDULER_LEASE_TIME = 33
     assert conf.lease_time() == 33
     with override_settings(APSCHEDULER_LEASE_TIME=44):

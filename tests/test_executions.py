@@ -445,3 +445,24 @@ def test_failed_run_after_interrupted_keeps_its_own_error(job_row):
         "real",
         "Traceback...",
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_run_wrapper_notes_the_start_under_the_run_time_apscheduler_runs():
+    """The wrapper object ``instrument`` puts in ``job.func`` reads the run time two frames up."""
+    from apscheduler.executors.base import run_job
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    scheduler.start(paused=True)
+    try:
+        scheduler.add_job(jobs.noop, id="wrapped", misfire_grace_time=None)
+        job = scheduler.get_job("wrapped")
+        executions.instrument(job)
+        assert job.func.__wrapped__ is jobs.noop and repr(job.func) == repr(jobs.noop)
+        run_time = datetime.now(timezone.utc) - timedelta(seconds=1)
+        events = run_job(job, "default", [run_time], __name__)
+        assert [e.code for e in events] == [EVENT_JOB_EXECUTED]
+        assert executions.pop_start("wrapped", run_time) is not None
+    finally:
+        scheduler.shutdown()
