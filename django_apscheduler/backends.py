@@ -462,12 +462,15 @@ class Backend:
         """Run ``head`` (``INSERT INTO t (columns)``) for ``rows``, then ``suffix``, in one statement.
 
         ``types`` are the columns' SQL types (for databases that need them).
-        Portable: a ``VALUES`` list of all the rows.
+        Portable: a ``VALUES`` list of all the rows; a column that is NULL in
+        every row is written ``NULL``, not a parameter per row (MySQLdb
+        quotes each parameter in Python).
         """
-        one = "({})".format(", ".join(["%s"] * len(types)))
+        null = [all(row[index] is None for row in rows) for index in range(len(types))]
+        one = "({})".format(", ".join("NULL" if empty else "%s" for empty in null))
         cursor.execute(
             f"{head} VALUES {', '.join([one] * len(rows))}{suffix}",
-            [value for row in rows for value in row],
+            [value for row in rows for value, empty in zip(row, null) if not empty],
         )
 
     def update_many(
