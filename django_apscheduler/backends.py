@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections, transaction
-from django.db.models import F, Model, QuerySet
+from django.db.models import CharField, F, Model, QuerySet
 from django.db.models.lookups import Lookup
 
 from django_apscheduler import internals
@@ -407,6 +407,17 @@ def _unbounded(sql_type: str) -> str:
     return _UNBOUNDED[match[1].lower()] if match else sql_type
 
 
+class _InStrings(Lookup):  # type: ignore[type-arg]
+    """``column IN (%s, ...)`` of strings passed as they are (see ``Backend.with_keys``)."""
+
+    lookup_name = "django_apscheduler_in_strings"  # never registered: used as an expression
+    prepare_rhs = False
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        lhs, params = self.process_lhs(compiler, connection)
+        return f"{lhs} IN ({', '.join(['%s'] * len(self.rhs))})", (*params, *self.rhs)
+
+
 class _AnyOfJSON(Lookup):  # type: ignore[type-arg]
     """``column = ANY(<the strings of one JSON array>)``: an index scan, one parameter."""
 
@@ -515,8 +526,13 @@ class Backend:
     def with_keys(self, queryset: QuerySet[M], keys: list[Any]) -> QuerySet[M]:
         """``queryset`` narrowed to the rows whose primary key is one of ``keys``.
 
-        Portable: ``pk__in``, a parameter per key.
+        Portable: ``IN``, a parameter per key; string keys of a plain
+        ``CharField`` go as they are, without ``pk__in``'s preparation of
+        each one by the field (which leaves a string unchanged).
         """
+        pk = queryset.model._meta.pk
+        if keys and type(pk) is CharField and all(type(key) is str for key in keys):
+            return queryset.filter(_InStrings(F(pk.name), keys))
         return queryset.filter(pk__in=keys)
 
     def lock_unclaimed(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
