@@ -216,11 +216,11 @@ def finish_backend(
 
 DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = 0.5  # a test no durations file knows about
-# One pytest run per backend. Three (nine at once) take about half the time on
-# two cores, but under that load timing-bound multi-process tests fail now and
-# then (a hand-off storm on SQLite that must fire 19 times in 20 s, the
-# storm's max_instances): use --shards 3 when a quicker, noisier run is fine.
-DEFAULT_SHARDS = 1
+# Three pytest runs per backend (nine at once) keep two cores busy: about 5 to
+# 5.5 minutes, where one per backend took about 11. The hand-off storm, which
+# under that load used to fire fewer than 19 times in its fixed 20 s, now runs
+# until every job has fired 20 times. --shards 1: one pytest run per backend.
+DEFAULT_SHARDS = 3
 
 
 def collect(
