@@ -448,10 +448,11 @@ def start_prebuild(pytest_args: Sequence[str], env: dict[str, str], logs: Path) 
     """Start building the upgrade test's django-apscheduler 0.7.0 environment, or None.
 
     tests/test_upgrade_070.py builds it under a file lock when it is missing
-    or stale (it is cached in .cache/, keyed by what it installs); started
-    here, the build (a minute on a fresh clone) runs while the checks run
-    and the shards start, and the backends' runs of the test wait for it
-    instead of each building one. Not for runs that name or select tests.
+    or stale (it is cached in .cache/, keyed by what it installs). Started
+    here, the build (seconds with pip's cache, a minute or more without it)
+    runs while the checks run and the shards start, and the backends' runs
+    of the test wait for it instead of each building one. Not for runs that
+    name or select tests.
     """
     if explicit_paths(pytest_args) or any(arg.startswith(("-k", "-m")) for arg in pytest_args):
         return None
@@ -590,7 +591,7 @@ def run_parallel(
                 command += [f"--junitxml={junit}"]
             log = logs / f"pytest-{name}.log"
             run = Run(command, run_env, log, echo=False)
-            tests = f", {len(nodes)} tests in a queue of the {count}" if queue else ""
+            tests = f", one of {count} taking {len(nodes)} tests from {queue.name}" if queue else ""
             print(f"\nStarted pytest on {name}{tests} (log: {log})", flush=True)
             shards.append(Shard(name, step, run, nodes or [], junit))
 
