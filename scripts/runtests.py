@@ -216,8 +216,8 @@ def finish_backend(
 
 DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = 0.5  # a test no durations file knows about
-# Three pytest runs per backend (nine at once) keep two cores busy: about 5 to
-# 5.5 minutes, where one per backend took about 11. The hand-off storm, which
+# Three pytest runs per backend (nine at once) keep two cores busy: about 5.5
+# minutes when nothing else runs, where one per backend took about 11. The hand-off storm, which
 # under that load used to fire fewer than 19 times in its fixed 20 s, now runs
 # until every job has fired 20 times. --shards 1: one pytest run per backend.
 DEFAULT_SHARDS = 3
