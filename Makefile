@@ -2,7 +2,7 @@
 #
 #   make demo        run the example project's scheduler on SQLite (Ctrl-C stops it)
 #   make test        ruff, mypy, makemigrations --check, pytest on SQLite, PostgreSQL, MariaDB
-#                    (the backends at the same time; SHARDS=3 splits each in three)
+#                    (the backends at the same time, each in three shards)
 #   make lint        ruff check, ruff format --check and mypy
 #   make bench       the benchmarks on SQLite, PostgreSQL, MariaDB (~15 min; docs/benchmarks.md)
 #   make screenshots regenerate docs/screenshots/ from a seeded example database (Chromium)
@@ -15,7 +15,7 @@
 #   REQUIRE_BACKENDS=1     an unreachable database server fails instead of being skipped
 #   PARALLEL=0             one backend after another, unsplit, output as it comes
 #                          (default 1: all at the same time, logs printed at the end)
-#   SHARDS=3               pytest runs per backend when parallel (default 1: no split)
+#   SHARDS=1               pytest runs per backend when parallel (default 3; 1: no split)
 #   TEST_TIMEOUT=seconds   the most one pytest run may take
 #   ARGS="-k store -x"     passed to pytest
 #   DEMO_SECONDS=30        make demo stops after that many seconds

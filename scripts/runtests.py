@@ -13,17 +13,24 @@ A PostgreSQL or MariaDB server that does not accept connections is skipped
 with the reason, unless ``--require`` is given: then it is a failure (CI).
 
 By default the backends run at the same time, and each backend's tests are
-split into ``--shards`` pytest runs (shards, one by default) that also run
-at the same time, each on a test database of its own, each starting at
-another point of its list of tests (so that the multi-process tests of all
-shards are spread out in time). Most of the suite's time is spent
-waiting on real scheduler processes, not computing, so this is what makes
-the suite quick on two cores. The split is by test, balanced by how long
-each test took the last time (``.cache/test-durations/``, learned from every
-run) or, on a fresh clone, by ``scripts/test-durations.json``. Each shard
-writes a log file; they are printed when all are done. A run given test
-paths or node ids in its pytest arguments is not split. ``--sequential``
-runs one backend after another, unsplit, with the output on the terminal.
+run by ``--shards`` pytest runs (shards) that also run at the same time, each
+on a test database of its own. The shards of a backend take their tests from
+one shared queue (``scripts/shard_queue.py``): whenever a shard is free it
+runs the next test, so they end within about one test of each other however
+the load changes the tests' durations. The queue spreads the heavy,
+multi-process tests out (each backend's from another point of its list) and
+ends with light tests. It is ordered by how long each test took the last
+time (``.cache/test-durations/``, learned from every run) or, on a fresh
+clone, by ``scripts/test-durations.json``. Most of the suite's time is
+spent on real scheduler processes, and the two cores are kept busy by the
+shards of all backends at once. Each shard writes a log file; they are
+printed when all are done. A run given test paths or node ids in its pytest
+arguments is not split. ``--sequential`` runs one backend after another,
+unsplit, with the output on the terminal.
+
+Every process of a run keeps its bytecode in ``.cache/pycache``. The upgrade
+test's 0.7.0 environment is built (when missing or stale) while the checks
+run.
 
 A summary and a total line close the output; the exit status is non-zero if
 anything failed, including a pytest run that collected no tests. Standard
@@ -104,10 +111,17 @@ def default_suffix() -> str:
     return "_" + hashlib.sha256(key).hexdigest()[:8]
 
 
+#: Where every process of a run keeps its bytecode (PYTHONPYCACHEPREFIX): the
+#: project's and the tests' modules are compiled once, not again in each of the
+#: hundreds of subprocesses the tests start, and the checkout gets no __pycache__.
+PYCACHE = ROOT / ".cache" / "pycache"
+
+
 def base_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DJANGO_APSCHEDULER_TEST_DB_SUFFIX", default_suffix())
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     env.pop("DJANGO_SETTINGS_MODULE", None)  # pytest takes it from setup.cfg
     return env
 
@@ -202,11 +216,11 @@ def finish_backend(
 
 DURATIONS_FILE = ROOT / "scripts" / "test-durations.json"
 DEFAULT_SECONDS = 0.5  # a test no durations file knows about
-# One pytest run per backend. Three (nine at once) take about half the time on
-# two cores, but under that load timing-bound multi-process tests fail now and
-# then (a hand-off storm on SQLite that must fire 19 times in 20 s, the
-# storm's max_instances): use --shards 3 when a quicker, noisier run is fine.
-DEFAULT_SHARDS = 1
+# Three pytest runs per backend (nine at once) keep two cores busy: about 5.5
+# minutes when nothing else runs, where one per backend took about 11. The hand-off storm, which
+# under that load used to fire fewer than 19 times in its fixed 20 s, now runs
+# until every job has fired 20 times. --shards 1: one pytest run per backend.
+DEFAULT_SHARDS = 3
 
 
 def collect(
@@ -255,29 +269,59 @@ def write_durations(backends: Sequence[str], cache_dir: Path) -> None:
     print(f"Wrote the test durations of {', '.join(backends)} to {DURATIONS_FILE}")
 
 
-def split(nodes: list[str], durations: dict[str, float], shards: int) -> list[list[str]]:
-    """``nodes`` in at most ``shards`` groups of about equal total duration.
+#: Tests that took at least this long (seconds) are the queue's heavy tests.
+HEAVY_SECONDS = 2.0
 
-    The longest tests are placed first, each in the group with the least so
-    far; each group keeps the collection order (a module's tests together).
+
+def by_progress(streams: list[list[str]], durations: dict[str, float]) -> list[str]:
+    """The nodes of ``streams`` merged so that each stream advances at the same pace.
+
+    A node's key is the fraction of its stream's total duration before it;
+    the merged list takes nodes in the order of their keys.
     """
-    order = {node: index for index, node in enumerate(nodes)}
-    groups: list[tuple[float, int, list[str]]] = [(0.0, i, []) for i in range(shards)]
-    for node in sorted(nodes, key=lambda n: -durations.get(n, DEFAULT_SECONDS)):
-        total, index, members = min(groups)
-        members.append(node)
-        groups[index] = (total + durations.get(node, DEFAULT_SECONDS), index, members)
-    return [sorted(m, key=order.__getitem__) for _, _, m in groups if m]
+    keyed = []
+    for number, stream in enumerate(streams):
+        total = sum(durations.get(node, DEFAULT_SECONDS) for node in stream) or 1.0
+        elapsed = 0.0
+        for position, node in enumerate(stream):
+            keyed.append((elapsed / total, number, position, node))
+            elapsed += durations.get(node, DEFAULT_SECONDS)
+    return [node for *_, node in sorted(keyed)]
+
+
+def queue_order(
+    nodes: list[str], durations: dict[str, float], shards: int, offset: float
+) -> list[str]:
+    """The order in which the ``shards`` shards of one backend take ``nodes`` from their queue.
+
+    Each shard takes the next test whenever it is free (scripts/shard_queue.py),
+    so they all end within about one test of each other. The heavy tests
+    (multi-process, timing-bound) are spread out: they are cut, from
+    ``offset`` (a fraction of their total duration; each backend has its
+    own, so that the backends' storms do not all come at once), into one
+    part per shard, and the parts advance side by side, with the light tests
+    mixed in. The last light tests, at least ``shards`` times the longest
+    test's duration of them, come last: the shards that finish first have
+    them to run while the others finish their last heavy test.
+    """
+    heavy = [node for node in nodes if durations.get(node, DEFAULT_SECONDS) >= HEAVY_SECONDS]
+    light = [node for node in nodes if durations.get(node, DEFAULT_SECONDS) < HEAVY_SECONDS]
+    longest = max((durations.get(node, DEFAULT_SECONDS) for node in nodes), default=0.0)
+    tail: list[str] = []
+    while light and sum(durations.get(n, DEFAULT_SECONDS) for n in tail) < shards * longest:
+        tail.insert(0, light.pop())
+    heavy = stagger(heavy, durations, offset)
+    parts: list[list[str]] = [[] for _ in range(shards)]
+    total = sum(durations.get(node, DEFAULT_SECONDS) for node in heavy) or 1.0
+    elapsed = 0.0
+    for node in heavy:
+        parts[min(int(shards * elapsed / total), shards - 1)].append(node)
+        elapsed += durations.get(node, DEFAULT_SECONDS)
+    return by_progress([*parts, light], durations) + tail
 
 
 def stagger(group: list[str], durations: dict[str, float], fraction: float) -> list[str]:
-    """``group`` started ``fraction`` of its total duration in, the tests before that last.
-
-    The shards of every backend run the same modules in the same order: left
-    so, their multi-process tests (heavy, and timing-bound) would all run at
-    about the same moment. Each shard starting at another point of its list
-    spreads them out. Only one module is cut in two.
-    """
+    """``group`` started ``fraction`` of its total duration in, the tests before that last."""
     total = sum(durations.get(node, DEFAULT_SECONDS) for node in group)
     elapsed = 0.0
     for index, node in enumerate(group):
@@ -392,6 +436,41 @@ def main() -> int:
         flush=True,
     )
 
+    prebuild = start_prebuild(args.pytest_args, env, logs)
+    try:
+        return run_steps(args, env, logs, backends, parallel)
+    finally:
+        if prebuild is not None:  # long done after the tests; ended if they were interrupted
+            prebuild.wait(time.monotonic() if sys.exc_info()[0] is not None else None)
+
+
+def start_prebuild(pytest_args: Sequence[str], env: dict[str, str], logs: Path) -> Run | None:
+    """Start building the upgrade test's django-apscheduler 0.7.0 environment, or None.
+
+    tests/test_upgrade_070.py builds it under a file lock when it is missing
+    or stale (it is cached in .cache/, keyed by what it installs). Started
+    here, the build (seconds with pip's cache, a minute or more without it)
+    runs while the checks run and the shards start, and the backends' runs
+    of the test wait for it instead of each building one. Not for runs that
+    name or select tests.
+    """
+    if explicit_paths(pytest_args) or any(arg.startswith(("-k", "-m")) for arg in pytest_args):
+        return None
+    command = [
+        sys.executable,
+        "-c",
+        "from tests.test_upgrade_070 import legacy_python; print(legacy_python())",
+    ]
+    return Run(command, env, logs / "upgrade-070-env.log", echo=False)
+
+
+def run_steps(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    backends: list[str],
+    parallel: bool,
+) -> int:
     steps: list[Step] = []
     if not args.no_checks:
         steps.append(
@@ -469,7 +548,7 @@ def run_parallel(
     shards_wanted = 1 if explicit_paths(args.pytest_args) else args.shards
     suffix = env["DJANGO_APSCHEDULER_TEST_DB_SUFFIX"]
     cache_dir = ROOT / ".cache" / "test-durations"
-    for old in [*logs.glob("pytest-*.log"), *logs.glob("junit-*.xml")]:
+    for old in [*logs.glob("pytest-*.log"), *logs.glob("junit-*.xml"), *logs.glob("queue-*")]:
         old.unlink()
 
     # The node ids of each backend, collected at the same time (a second or two).
@@ -491,30 +570,30 @@ def run_parallel(
     shards: list[Shard] = []
     for number, step in enumerate(steps):
         nodes = collected.get(step.name)
-        groups: list[list[str]] = [[]]
-        if nodes:
+        count = min(shards_wanted, len(nodes)) if nodes else 1
+        queue = None
+        if nodes and count > 1:
             durations = load_durations(step.name, cache_dir / f"{step.name}.json")
-            groups = split(nodes, durations, min(shards_wanted, len(nodes)))
-            every = len(steps) * len(groups)  # the shards of all backends, staggered
-            groups = [
-                stagger(group, durations, (number * len(groups) + index) / every)
-                for index, group in enumerate(groups)
-            ]
-        for index, group in enumerate(groups):
+            order = queue_order(nodes, durations, count, number / (len(steps) * count))
+            queue = logs / f"queue-{step.name}.json"
+            queue.write_text(json.dumps({"nodes": order}), encoding="utf-8")
+            queue.with_name(queue.name + ".next").unlink(missing_ok=True)
+        for index in range(count):
             run_env = dict(env, DJANGO_APSCHEDULER_TEST_DB=step.name)
             name = step.name
             command = list(pytest)
             junit = None
-            if len(groups) > 1:
+            if queue is not None:
                 name = f"{step.name}-{index + 1}"
                 run_env["DJANGO_APSCHEDULER_TEST_DB_SUFFIX"] = f"{suffix}_{index + 1}"
                 junit = logs / f"junit-{name}.xml"
-                command += [f"--junitxml={junit}", *group]
+                command += ["-p", "scripts.shard_queue", f"--shard-queue={queue}"]
+                command += [f"--junitxml={junit}"]
             log = logs / f"pytest-{name}.log"
             run = Run(command, run_env, log, echo=False)
-            tests = f", {len(group)} tests" if group else ""
+            tests = f", one of {count} taking {len(nodes)} tests from {queue.name}" if queue else ""
             print(f"\nStarted pytest on {name}{tests} (log: {log})", flush=True)
-            shards.append(Shard(name, step, run, group, junit))
+            shards.append(Shard(name, step, run, nodes or [], junit))
 
     runs = [shard.run for shard in shards]
     results = []
@@ -550,7 +629,10 @@ def merge_parts(step: Step, parts: list[tuple[str, Step]]) -> None:
     step.seconds = max(part.seconds for _, part in parts)
     for _, part in parts:
         for word, number in part.counts.items():
-            step.counts[word] = step.counts.get(word, 0) + number
+            if word == "deselected":  # every shard of a queue deselects the same tests
+                step.counts[word] = max(step.counts.get(word, 0), number)
+            else:
+                step.counts[word] = step.counts.get(word, 0) + number
     failures = [f"{name}: {part.detail}" for name, part in parts if part.failed]
     step.status = "FAILED" if failures else "passed"
     if len(parts) > 1:

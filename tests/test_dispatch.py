@@ -275,7 +275,9 @@ def test_dispatch_limit_is_the_default_executors_free_threads(make_scheduler):
     wait_until(lambda: _ran("h2") == 1)
     wait_until(lambda: store._dispatch_limit() == 0)
     RELEASE.set()
-    wait_until(lambda: store._dispatch_limit() == 2)
+    # The two runs end by giving up their run locks: on SQLite that write may
+    # wait out another connection's write lock (its busy timeout is 20 s).
+    wait_until(lambda: store._dispatch_limit() == 2, timeout=60)
     with override_settings(APSCHEDULER_DISPATCH_BATCH_SIZE=1):
         assert store._dispatch_limit() == 1
 

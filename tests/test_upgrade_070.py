@@ -36,7 +36,8 @@ CACHE = REPO / ".cache" / "upgrade-070"
 BACKEND = os.environ.get("DJANGO_APSCHEDULER_TEST_DB", "sqlite")
 SUFFIX = os.environ.get("DJANGO_APSCHEDULER_TEST_DB_SUFFIX", "")
 
-#: What the throwaway environment installs, per backend.
+#: What the throwaway environment installs: one environment, with the drivers of
+#: every backend, serves the runs on all of them (built once, not once per backend).
 REQUIREMENTS = ["django-apscheduler==0.7.0", "Django>=5.2,<5.3", "APScheduler>=3.11,<3.12"]
 DRIVERS = {"sqlite": [], "postgres": ["psycopg[binary]>=3.1"], "mariadb": ["mysqlclient>=2.1"]}
 
@@ -131,23 +132,25 @@ def legacy_python() -> Path:
     """The Python of a virtual environment with django-apscheduler 0.7.0 installed.
 
     Made with the interpreter running the tests and cached under ``.cache/``,
-    keyed by what it installs and by that interpreter. A file lock makes
-    concurrent test processes build it once; a marker written last tells a
-    finished environment from one whose build was interrupted.
+    keyed by what it installs and by that interpreter; the same environment
+    (with every backend's driver) serves every backend. A file lock makes
+    concurrent test processes build it once (``scripts/runtests.py`` starts
+    the build before the tests); a marker written last tells a finished
+    environment from one whose build was interrupted.
     """
     fcntl = pytest.importorskip("fcntl")
-    requirements = REQUIREMENTS + DRIVERS[BACKEND]
+    requirements = REQUIREMENTS + [req for backend in sorted(DRIVERS) for req in DRIVERS[backend]]
     key = hashlib.sha256(
         json.dumps(
             {
                 "requirements": requirements,
                 "python": sys.version,
                 "base_prefix": sys.base_prefix,
-                "layout": 1,
+                "layout": 2,
             }
         ).encode()
     ).hexdigest()[:16]
-    venv = CACHE / f"py{sys.version_info[0]}{sys.version_info[1]}-{BACKEND}-{key}"
+    venv = CACHE / f"py{sys.version_info[0]}{sys.version_info[1]}-{key}"
     python = _bin(venv, "python")
     complete = venv / ".complete"
     if complete.exists():
