@@ -266,6 +266,13 @@ class _MySQLRunLockSession(_ConnectionRunLockSession):
         return None if holder is None else f"MySQL connection {holder}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _lock_file(directory: str, name: str) -> str:
+    """The file of lock ``name`` in ``directory`` (cached: a run locks it, another looks it up)."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return os.path.join(directory, f"{digest}.lock")
+
+
 class _FileRunLockSession(RunLockSession):
     """``fcntl.flock`` on one file per lock, in a directory beside the SQLite database.
 
@@ -280,10 +287,21 @@ class _FileRunLockSession(RunLockSession):
         self._directory = directory
         os.makedirs(directory, exist_ok=True)
         self._files: dict[str, int] = {}
+        self._holder, self._holder_pid = b"", 0
 
     def _path(self, name: str) -> str:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-        return os.path.join(self._directory, f"{digest}.lock")
+        return _lock_file(self._directory, name)
+
+    #: Bytes of the holder's name at the start of a lock file (padded: no truncation needed).
+    HOLDER_BYTES = 200
+
+    def _holder_text(self) -> bytes:
+        """This process's name for the lock files, padded to :attr:`HOLDER_BYTES` (made once per pid)."""
+        pid = os.getpid()
+        if self._holder_pid != pid:
+            text = f"process {pid} on {socket.gethostname()}".encode()[: self.HOLDER_BYTES]
+            self._holder, self._holder_pid = text.ljust(self.HOLDER_BYTES), pid
+        return self._holder
 
     def try_lock(self, name: str) -> bool:
         fd = os.open(self._path(name), os.O_RDWR | os.O_CREAT, 0o666)
@@ -295,8 +313,8 @@ class _FileRunLockSession(RunLockSession):
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        # One write over the whole name field (a dispatch round locks hundreds of files).
+        os.pwrite(fd, self._holder_text(), 0)
         self._files[name] = fd
         return True
 
@@ -308,7 +326,7 @@ class _FileRunLockSession(RunLockSession):
     def holder(self, name: str) -> str | None:
         try:
             with open(self._path(name)) as file:
-                return file.read(200) or None
+                return file.read(self.HOLDER_BYTES).strip() or None
         except OSError:
             return None
 
