@@ -14,7 +14,8 @@ with the reason, unless ``--require`` is given: then it is a failure (CI).
 
 By default the backends run at the same time, and each backend's tests are
 run by ``--shards`` pytest runs (shards) that also run at the same time, each
-on a test database of its own. The shards of a backend take their tests from
+on a test database of its own; a backend with far more tests than the others
+gets one shard more (:func:`plan_shards`), so it does not end last. The shards of a backend take their tests from
 one shared queue (``scripts/shard_queue.py``): whenever a shard is free it
 runs the next test, so they end within about one test of each other however
 the load changes the tests' durations. The queue spreads the heavy,
@@ -220,7 +221,30 @@ DEFAULT_SECONDS = 0.5  # a test no durations file knows about
 # minutes when nothing else runs, where one per backend took about 11. The hand-off storm, which
 # under that load used to fire fewer than 19 times in its fixed 20 s, now runs
 # until every job has fired 20 times. --shards 1: one pytest run per backend.
-DEFAULT_SHARDS = 3
+DEFAULT_SHARDS = 3  # per backend; one with far more tests gets one more (plan_shards)
+
+
+#: A backend expected to take this much longer per shard than the next one gets a shard more.
+UNEVEN = 1.05
+
+
+def plan_shards(totals: dict[str, float], shards: int) -> dict[str, int]:
+    """How many shards each backend gets: ``shards`` each, and one more for a backend far behind.
+
+    ``totals`` are each backend's expected test seconds. The run lasts as
+    long as its slowest backend: one with more tests than the others
+    (PostgreSQL has tests of its own) would end well after them, so it gets
+    an extra shard when its expected time per shard exceeds the next
+    backend's by more than :data:`UNEVEN`. The others are unchanged.
+    """
+    counts = {name: shards for name in totals}
+    if shards < 2 or len(totals) < 2:
+        return counts
+    ranked = sorted(totals, key=lambda name: totals[name], reverse=True)
+    heaviest, next_one = ranked[0], ranked[1]
+    if totals[heaviest] > UNEVEN * totals[next_one]:
+        counts[heaviest] += 1
+    return counts
 
 
 def collect(
@@ -567,13 +591,22 @@ def run_parallel(
         for thread in threads:
             thread.join()
 
+    durations_of = {
+        step.name: load_durations(step.name, cache_dir / f"{step.name}.json") for step in steps
+    }
+    totals = {
+        name: sum(durations_of[name].get(node, DEFAULT_SECONDS) for node in nodes)
+        for name, nodes in collected.items()
+        if nodes
+    }
+    planned = plan_shards(totals, shards_wanted)
     shards: list[Shard] = []
     for number, step in enumerate(steps):
         nodes = collected.get(step.name)
-        count = min(shards_wanted, len(nodes)) if nodes else 1
+        count = min(planned.get(step.name, shards_wanted), len(nodes)) if nodes else 1
         queue = None
         if nodes and count > 1:
-            durations = load_durations(step.name, cache_dir / f"{step.name}.json")
+            durations = durations_of[step.name]
             order = queue_order(nodes, durations, count, number / (len(steps) * count))
             queue = logs / f"queue-{step.name}.json"
             queue.write_text(json.dumps({"nodes": order}), encoding="utf-8")
