@@ -461,8 +461,6 @@ def test_rounds_grow_with_the_pace_of_quick_runs_and_stay_at_free_threads_for_sl
     make_scheduler,
 ):
     """A round claims what the threads can start within ROUND_HORIZON (issue 10, item 7)."""
-    from django_apscheduler import jobstores
-
     scheduler = make_scheduler(threads=2)
     store = scheduler._jobstores["default"]
     assert store._round.pace.mean is None
