@@ -8,12 +8,18 @@ is not changed):
   calls (``get_due_jobs``, ``remove_job``/``update_job``, ``get_next_run_time``)
   and of the recorder's batch writes, plus statements per thread;
 - optionally (``--py-spy``) a py-spy sampling profile of every thread, summed
-  per thread and per function (own time and with callees).
+  per thread and per function (own time and with callees); with ``--gil``
+  only the samples of threads holding the GIL, of the dispatch's threads
+  (the scheduler's loop, the pool, the recorder, the run-lock releaser, the
+  housekeeping), summed per role as well: where the process's Python time
+  goes, when the GIL is what limits B1.
 
 Counted from ``resume()`` until every run is logged (not the setup): SQL
 statements, round trips (statements, commits and rollbacks, PostgreSQL's
-``BEGIN``, MySQL's autocommit switches) and the process's CPU time, each per
-fire.
+``BEGIN``, MySQL's autocommit switches), the process's CPU time and, on
+Linux, the database server's (its local processes'), each per fire.
+``--repeat N`` measures N times in the same process: the CPU figures are
+medians, as one repetition's spread widely.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import functools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -57,9 +64,28 @@ class Timings:
         setattr(owner, name, timed)
 
 
-def _pyspy_summary(path: Path, top: int = 25) -> dict[str, Any]:
-    """Sum py-spy's raw (collapsed) stacks per thread, per function (self and inclusive)."""
+#: The dispatch's threads, by a frame each of their stacks has (``--gil``).
+ROLES = {
+    "scheduler loop": "BlockingScheduler._main_loop",
+    "pool threads": "_worker (concurrent/futures/thread.py",
+    "recorder": "ExecutionRecorder._run",
+    "run-lock releaser": "RunLocks._release_loop",
+    "housekeeping": "Coordinator._housekeep",
+}
+
+
+def _role(stack: str) -> str | None:
+    return next((role for role, frame in ROLES.items() if frame in stack), None)
+
+
+def _pyspy_summary(path: Path, top: int = 25, dispatch_only: bool = False) -> dict[str, Any]:
+    """Sum py-spy's raw (collapsed) stacks per thread, per function (self and inclusive).
+
+    ``dispatch_only``: only the stacks of the dispatch's threads (:data:`ROLES`),
+    also summed per role; the setup's (the main thread adding jobs) are left out.
+    """
     per_thread: collections.Counter[str] = collections.Counter()
+    per_role: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -68,6 +94,10 @@ def _pyspy_summary(path: Path, top: int = 25) -> dict[str, Any]:
         if not stack:
             continue
         n = int(count)
+        role = _role(stack)
+        if dispatch_only and role is None:
+            continue
+        per_role[role or "other"] += n
         frames = stack.split(";")
         thread = frames[0]
         total += n
@@ -78,10 +108,44 @@ def _pyspy_summary(path: Path, top: int = 25) -> dict[str, Any]:
             inclusive[name] += n
     return {
         "samples": total,
+        "per_role": per_role.most_common(),
         "per_thread": per_thread.most_common(),
         "own": own.most_common(top),
         "inclusive": inclusive.most_common(top),
     }
+
+
+def _server_cpu_s() -> float | None:
+    """CPU seconds used so far by this machine's PostgreSQL and MariaDB/MySQL processes (Linux)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    ticks = 0
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not (entry / "comm").read_text().startswith(("postgres", "mariadbd", "mysqld")):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _summed(counts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The statement counts of several measurements, added up (``by_*`` dictionaries too)."""
+    total: dict[str, Any] = {}
+    for one in counts:
+        for key, value in one.items():
+            if isinstance(value, dict):
+                inner = total.setdefault(key, {})
+                for name, n in value.items():
+                    inner[name] = inner.get(name, 0) + n
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def main() -> int:
@@ -90,6 +154,14 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=10)
     parser.add_argument("--py-spy", action="store_true", help="also sample with py-spy")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --py-spy: only samples holding the GIL, of the dispatch's threads",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="measurements in one process (CPU: the median)"
+    )
     parser.add_argument("--out", default="benchmarks/results/profile")
     args = parser.parse_args()
 
@@ -129,7 +201,7 @@ def main() -> int:
                 "--pid",
                 str(os.getpid()),
                 "--threads",
-                "--idle",
+                "--gil" if args.gil else "--idle",
                 "--rate",
                 "200",
                 "--format",
@@ -142,35 +214,50 @@ def main() -> int:
         )
         time.sleep(1.0)
     # Counted from resume() until every run is logged: the dispatch, not the setup.
-    window: dict[str, Any] = {}
+    cpu_s: list[float] = []
+    server_s: list[float] = []
+    totals: list[dict[str, Any]] = []
     dispatch_until_done = suite.dispatch_until_done
 
     def counted(*a: Any, **kw: Any) -> Any:
         counter.start()
+        server = _server_cpu_s()
         cpu = time.process_time()
         try:
             return dispatch_until_done(*a, **kw)
         finally:
-            window["cpu_s"] = time.process_time() - cpu
-            window["counts"] = counter.stop()
+            cpu_s.append(time.process_time() - cpu)
+            after = _server_cpu_s()
+            if server is not None and after is not None:
+                server_s.append(after - server)
+            totals.append(counter.stop())
 
     suite.dispatch_until_done = counted  # type: ignore[assignment]
-    result = suite.bench_dispatch(k=args.k, threads=args.threads, repeat=1, stores=("django",))
+    result = suite.bench_dispatch(
+        k=args.k, threads=args.threads, repeat=args.repeat, stores=("django",)
+    )
     suite.dispatch_until_done = dispatch_until_done  # type: ignore[assignment]
-    counts = window["counts"]
+    counts = _summed(totals)
+    fires = args.k * len(totals)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
-    run = result["runs"]["django"][0]
+    runs = result["runs"]["django"]
     report = {
         "backend": args.backend,
         "k": args.k,
-        "run_s": run["run_s"],
-        "total_s": run["total_s"],
-        "fires_per_s": run["fires_per_s"],
-        "all_logged": run["all_logged"],
-        "cpu_us_per_fire": round(1e6 * window["cpu_s"] / args.k, 1),
-        "statements_per_fire": round(counts["sql_statements"] / args.k, 3),
+        "repeat": len(runs),
+        "run_s": statistics.median(run["run_s"] for run in runs),
+        "total_s": statistics.median(run["total_s"] for run in runs),
+        "fires_per_s": statistics.median(run["fires_per_s"] for run in runs),
+        "fires_per_s_runs": [round(run["fires_per_s"]) for run in runs],
+        "all_logged": all(run["all_logged"] for run in runs),
+        "cpu_us_per_fire": round(1e6 * statistics.median(cpu_s) / args.k, 1),
+        "cpu_us_per_fire_runs": [round(1e6 * c / args.k, 1) for c in cpu_s],
+        "server_cpu_us_per_fire": (
+            round(1e6 * statistics.median(server_s) / args.k, 1) if server_s else None
+        ),
+        "statements_per_fire": round(counts["sql_statements"] / fires, 3),
         # psycopg sends a BEGIN of its own before each transaction's first statement.
         "round_trips_per_fire": round(
             (
@@ -178,7 +265,7 @@ def main() -> int:
                 + counts["tx_ends"] * (2 if args.backend == "postgres" else 1)
                 + counts["autocommit_switches"]
             )
-            / args.k,
+            / fires,
             3,
         ),
         "timings_s": {k: round(v, 3) for k, v in timings.seconds.most_common()},
@@ -186,7 +273,7 @@ def main() -> int:
         "statements": counts,
     }
     if spy is not None and raw.exists():
-        report["py_spy"] = _pyspy_summary(raw)
+        report["py_spy"] = _pyspy_summary(raw, dispatch_only=args.gil)
     databases.drop(args.backend, name)
     path = out / f"b1-{args.backend}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
