@@ -164,6 +164,10 @@ def main() -> int:
     )
     parser.add_argument("--out", default="benchmarks/results/profile")
     args = parser.parse_args()
+    if args.gil and not args.py_spy:
+        parser.error("--gil selects py-spy's samples: give --py-spy too")
+    if args.repeat < 1:
+        parser.error(f"--repeat: at least 1 (got {args.repeat})")
 
     name = "dja_bench_profile"
     databases.create(args.backend, name)

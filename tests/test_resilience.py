@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -287,9 +289,6 @@ def test_jobs_keep_firing_while_connections_are_killed(
 
 def _threads_report(new_connections: Counter[str]) -> str:
     """What the scheduler's and the recorder's threads are doing now, for a failed assertion."""
-    import sys
-    import traceback
-
     recorder = executions.recorder
     lines = [
         f"new connections per thread: {dict(new_connections)}",
