@@ -17,8 +17,9 @@ run by ``--shards`` pytest runs (shards) that also run at the same time, each
 on a test database of its own; a backend with far more tests than the others
 gets one shard more (:func:`plan_shards`), so it does not end last. The
 shards of a backend take their tests from one shared queue
-(``scripts/shard_queue.py``): whenever a shard is free it runs the next test, so they end within about one test of each other however
-the load changes the tests' durations. The queue spreads the heavy,
+(``scripts/shard_queue.py``): whenever a shard is free it runs the next
+test, so they end within about one test of each other however the load
+changes the tests' durations. The queue spreads the heavy,
 multi-process tests out (each backend's from another point of its list) and
 ends with light tests. It is ordered by how long each test took the last
 time (``.cache/test-durations/``, learned from every run) or, on a fresh
