@@ -64,6 +64,9 @@ BATCH_SIZE = 500
 #: Seconds the recorder waits for more records before writing a small batch.
 LINGER = 0.02
 
+#: Ended runs the recorder remembers, so their late "Started execution" records are not written.
+_ENDED_LIMIT = 10_000
+
 
 def now_epoch() -> float:
     """The current time as a POSIX timestamp, the unit of ``finished``."""
@@ -554,6 +557,8 @@ class ExecutionRecorder:
         self._flushing = 0  # callers of flush() waiting: no linger meanwhile
         self._thread: threading.Thread | None = None
         self._pid = 0
+        #: Runs whose final status was logged lately (keys, oldest first).
+        self._ended: dict[tuple[str, datetime], None] = {}
 
     def submit(self, records: Iterable[Record]) -> None:
         with self._cond:
@@ -561,11 +566,34 @@ class ExecutionRecorder:
             # only those two moments need it woken, not every record.
             idle = not self._queue
             for record in records:
+                if record.logged and not self._still_to_log(record):
+                    record.logged = False
+                    if record.event is None or not signals.wanted(record.event):
+                        continue
                 self._queue.append(record)
                 self._pending += 1
             self._ensure_thread()
             if idle or len(self._queue) >= BATCH_SIZE:
                 self._cond.notify_all()
+
+    def _still_to_log(self, record: Record) -> bool:
+        """False for a run's "Started execution" record once its final status was logged.
+
+        APScheduler reports a submission after its whole round, so a quick
+        run's end usually comes first. The final status replaces any row
+        there and is queued ahead of this record, so the start would only be
+        an insert that finds the row and does nothing: it is not written.
+        """
+        ended = self._ended
+        if record.is_final:
+            ended[record.key] = None
+            if len(ended) > _ENDED_LIMIT:
+                del ended[next(iter(ended))]
+            return True
+        if record.key in ended:
+            del ended[record.key]
+            return False
+        return True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submitted record is written; return False on timeout."""

@@ -173,6 +173,68 @@ def test_concurrent_writers_of_one_run_leave_one_row():
     assert only_row().status == DjangoJobExecution.SUCCESS
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_start_reported_after_its_end_is_not_written():
+    """APScheduler reports submissions after its round, so a quick run's end usually comes first.
+
+    The end's row is all there is to write: its start costs the recorder no statement.
+    """
+    from django.db.backends.signals import connection_created
+
+    DjangoJob.objects.create(id="job", next_run_time=RUN_TIME, job_state=b"x")
+    recorder = executions.ExecutionRecorder()
+    statements: list[str] = []
+
+    def counting(execute, sql, params, many, context):
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    def count_the_recorders(sender, connection, **kwargs):
+        if threading.current_thread() is recorder._thread:
+            connection.execute_wrappers.append(counting)
+
+    connection_created.connect(count_the_recorders)
+    try:
+        end = executions.Record(
+            "job", RUN_TIME, DjangoJobExecution.SUCCESS, finished=RUN_TIME.timestamp() + 2
+        )
+        recorder.submit([end])
+        assert recorder.flush(30)
+        assert statements, "the recorder's statements are not counted"
+        statements.clear()
+        late_start = executions.Record(
+            "job", RUN_TIME, DjangoJobExecution.SENT, event="job_submitted"
+        )
+        recorder.submit([late_start])
+        assert recorder.flush(30)
+        assert statements == []
+        assert not late_start.logged
+        # A start reported before the end is written as ever, and so is that end.
+        later = RUN_TIME + timedelta(hours=1)
+        start = executions.Record("job", later, DjangoJobExecution.SENT, event="job_submitted")
+        recorder.submit([start])
+        assert recorder.flush(30)
+        assert start.logged and statements
+        assert DjangoJobExecution.objects.get(run_time=later).status == DjangoJobExecution.SENT
+        recorder.submit(
+            [
+                executions.Record(
+                    "job", later, DjangoJobExecution.SUCCESS, finished=later.timestamp() + 1
+                )
+            ]
+        )
+        assert recorder.flush(30)
+    finally:
+        connection_created.disconnect(count_the_recorders)
+        recorder.release_connection()
+    rows = DjangoJobExecution.objects.order_by("run_time")
+    assert [(r.run_time, r.status) for r in rows] == [
+        (RUN_TIME, DjangoJobExecution.SUCCESS),
+        (later, DjangoJobExecution.SUCCESS),
+    ]
+    assert rows[0].duration == Decimal("2.00")
+
+
 def test_delete_old_job_executions(job_row):
     from django.utils import timezone as dj_tz
 
