@@ -230,14 +230,23 @@ def _write_once(
     constraint makes that an update.
     """
     executions = DjangoJobExecution.objects.using(using)
+    outermost = not connections[using].in_atomic_block
     with backends.for_alias(using).write_transaction(using):
-        # Runs of jobs that are gone are left out before the insert: the
-        # foreign key may be checked only at the commit of an outer transaction.
         job_ids = {job_id for job_id, _ in records}
-        alive = set(DjangoJob.objects.using(using).with_ids(job_ids).values_list("id", flat=True))
-        for key in records:
-            if key[0] not in alive:
-                logger.debug("Job %r no longer exists; not logging its run at %s", *key)
+        if outermost:
+            # The foreign key fails this transaction (at a statement, or at
+            # its commit) for a job that is gone; _write then writes again
+            # without it. No query first: a job removed meanwhile is rare.
+            alive = job_ids
+        else:
+            # Inside the caller's transaction, a deferred foreign key would fail
+            # the caller's commit: runs of jobs that are gone are left out first.
+            alive = set(
+                DjangoJob.objects.using(using).with_ids(job_ids).values_list("id", flat=True)
+            )
+            for key in records:
+                if key[0] not in alive:
+                    logger.debug("Job %r no longer exists; not logging its run at %s", *key)
         started = [r.new_values() for r in records.values() if not r.is_final and r.job_id in alive]
         ended = [r.new_values() for r in records.values() if r.is_final and r.job_id in alive]
         if started:

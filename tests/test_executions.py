@@ -235,6 +235,33 @@ def test_a_start_reported_after_its_end_is_not_written():
     assert rows[0].duration == Decimal("2.00")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_recorder_skips_the_runs_of_a_job_that_is_gone(caplog):
+    """The foreign key refuses a run of a removed job: the batch's other runs are written."""
+    DjangoJob.objects.create(id="job", next_run_time=RUN_TIME, job_state=b"x")
+    recorder = executions.ExecutionRecorder()
+    later = RUN_TIME + timedelta(hours=1)
+    records = [
+        executions.Record("job", RUN_TIME, DjangoJobExecution.SENT),
+        executions.Record("gone", RUN_TIME, DjangoJobExecution.SENT),
+        executions.Record("gone", later, DjangoJobExecution.SUCCESS, finished=later.timestamp()),
+        executions.Record("job", later, DjangoJobExecution.SUCCESS, finished=later.timestamp()),
+    ]
+    try:
+        with caplog.at_level(logging.DEBUG, logger="django_apscheduler.executions"):
+            recorder.submit(records)
+            assert recorder.flush(30)
+    finally:
+        recorder.release_connection()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "Jobs {'gone'} were removed while their runs were logged" in caplog.text
+    rows = DjangoJobExecution.objects.order_by("run_time")
+    assert [(r.job_id, r.run_time, r.status) for r in rows] == [
+        ("job", RUN_TIME, DjangoJobExecution.SENT),
+        ("job", later, DjangoJobExecution.SUCCESS),
+    ]
+
+
 def test_delete_old_job_executions(job_row):
     from django.utils import timezone as dj_tz
 
