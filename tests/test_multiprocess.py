@@ -256,6 +256,15 @@ def test_failover_takes_over_a_killed_process_jobs(processes, tmp_path):
     first = wait_until(lambda: read_lines(str(runs)), timeout=30)[0]
     victim = first["pid"]
     assert victim in pids
+
+    def every_tick_fired_a_second_ago() -> bool:
+        # So the every-second check of the ticks below spans the kill, also when
+        # a loaded machine started the processes late.
+        now = time.time()
+        fired = {job for job, rt in _fires(processes.submitted()) if rt < now - 1.2}
+        return all(f"tick-{i}" in fired for i in range(5))
+
+    wait_until(every_tick_fired_a_second_ago, timeout=30)
     time.sleep(1)
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
