@@ -391,6 +391,16 @@ def test_rolling_deploy_keeps_the_other_releases_jobs_and_the_operators_pause(tm
     assert "Traceback" not in _output(v1_log) + _output(v2_log)
 
 
+def _last_fire_before(trigger, moment):
+    """The last fire time of ``trigger`` at or before ``moment`` (within two days)."""
+    fire = trigger.get_next_fire_time(None, moment - timedelta(days=2))
+    while True:
+        following = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+        if following is None or following > moment:
+            return fire
+        fire = following
+
+
 @pytest.mark.slow
 def test_burst_runs_declared_jobs_that_were_due(tmp_path):
     """A cron-driven --burst runs the declared job due before it and logs the missed one (#9.16)."""
@@ -399,10 +409,18 @@ def test_burst_runs_declared_jobs_that_were_due(tmp_path):
         _django("runapscheduler", "--burst"), cwd=ROOT, env=_env("v1"), timeout=120
     )
     assert first.returncode == 0
+    # declared-b fires daily (03:00 in TIME_ZONE). Its missed run is its own last
+    # fire, over a minute old (its grace is 30 s): no later fire of its lies
+    # before the burst, which APScheduler would coalesce the missed run into.
+    trigger = client.get_job("declared-b").trigger
     now = timezone.now().replace(microsecond=0)
-    due, late = now - timedelta(seconds=4), now - timedelta(minutes=10)
+    upcoming = trigger.get_next_fire_time(None, now - timedelta(minutes=1))
+    if upcoming <= now + timedelta(minutes=2):  # once a day: let that fire become the last
+        time.sleep((upcoming - now).total_seconds() + 61)
+        now = timezone.now().replace(microsecond=0)
+    due, late = now - timedelta(seconds=4), _last_fire_before(trigger, now - timedelta(minutes=1))
     client.modify_job(a, next_run_time=due)
-    client.modify_job("declared-b", next_run_time=late)  # past its 30 s grace time
+    client.modify_job("declared-b", next_run_time=late)
 
     done = subprocess.run(
         _django("runapscheduler", "--burst"),
