@@ -209,11 +209,19 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
     for job_id, run_time in fires:
         by_job[job_id].append(run_time)
     assert sorted(by_job) == sorted(job["id"] for job in jobs)
+    # The processes dispatched until they stopped. A loaded machine may keep the
+    # dispatch seconds behind the clock: each job's last fire is judged against
+    # how far behind the dispatch was in its last two seconds.
+    last = max(e["t"] for e in events)
+    assert last >= until - 2, f"dispatch stopped at {last:.2f}, before the end ({until})"
+    lag = max(e["t"] - max(e["run_times"]) for e in events if e["t"] >= last - 2)
     for job_id, run_times in by_job.items():
         run_times.sort()
         gaps = [b - a for a, b in zip(run_times, run_times[1:]) if abs(b - a - 1) > 1e-6]
         assert not gaps, f"{job_id}: missed fires (gaps of {gaps} s)"
-        assert run_times[-1] >= until - 3, f"{job_id}: stopped firing at {run_times[-1]}"
+        assert run_times[-1] >= until - 3 - max(0.0, lag - 1), (
+            f"{job_id}: stopped firing at {run_times[-1]} (the dispatch was {lag:.1f} s behind)"
+        )
         if job_id.startswith("interval"):
             assert run_times[0] == start, f"{job_id}: first fire {run_times[0]}, not {start}"
     per_process = Counter(e["pid"] for e in events)
