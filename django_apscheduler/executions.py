@@ -577,7 +577,7 @@ class ExecutionRecorder:
             for record in records:
                 if record.logged and not self._still_to_log(record):
                     record.logged = False
-                    if record.event is None or not signals.wanted(record.event):
+                    if not _worth_queueing(record):
                         continue
                 self._queue.append(record)
                 self._pending += 1
@@ -806,6 +806,11 @@ def _logged(record: Record) -> bool:
     return True
 
 
+def _worth_queueing(record: Record) -> bool:
+    """Whether the recorder has anything to do with ``record``: a row to write or a signal."""
+    return record.logged or (record.event is not None and signals.wanted(record.event))
+
+
 def make_listener(
     jobstore_alias: Callable[[], str | None],
     instance: Callable[[], str | None] = lambda: None,
@@ -828,9 +833,7 @@ def make_listener(
             records = records_from_event(event, started)
             for record in records:
                 record.logged = _logged(record)
-            records = [
-                r for r in records if r.logged or (r.event is not None and signals.wanted(r.event))
-            ]
+            records = [r for r in records if _worth_queueing(r)]
             if not records:
                 return
             name = instance()
