@@ -317,7 +317,26 @@ def test_three_schedulers_each_signal_once_per_event(tmp_path):
 
     lines = read_lines(str(output))
     keys = Counter((line["signal"], line["job_id"], line["run_time"]) for line in lines)
-    twice = [key for key, count in keys.items() if count > 1]
+
+    def redispatched(key: tuple[str, str, str]) -> bool:
+        """The killed process's fire of 'slow', dispatched again by a survivor.
+
+        The documented crash window: a fire submitted but not yet written back
+        when its process dies is dispatched again once the claim expires (at
+        least once across a crash). A loaded machine can make the kill land in
+        it. Only that fire, once from the victim and once after from a survivor.
+        """
+        signal, job_id, _ = key
+        if job_id != "slow" or signal not in ("job_submitted", "job_started"):
+            return False
+        pids = [
+            line["pid"]
+            for line in lines
+            if (line["signal"], line["job_id"], line["run_time"]) == key
+        ]
+        return len(pids) == 2 and pids[0] == victim and pids[1] != victim
+
+    twice = [key for key, count in keys.items() if count > 1 and not redispatched(key)]
     assert not twice, f"received more than once: {twice}\n{logs_text()}"
 
     victim_instances = set(
