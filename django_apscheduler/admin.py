@@ -26,6 +26,7 @@ queryset, in local variables, or on the objects of that request's page.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Sequence
@@ -37,6 +38,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
+from django.db import router
 from django.db.models import Avg, DecimalField, F, OuterRef, QuerySet, Subquery
 from django.http import (
     Http404,
@@ -54,7 +56,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from django_apscheduler import charts, conf, console, run_now, util
+from django_apscheduler import backends, charts, conf, console, run_now, util
 from django_apscheduler.describe import describe_trigger
 from django_apscheduler.exceptions import DeclaredJobError
 from django_apscheduler.forms import CRON_FIELDS, INTERVAL_FIELDS, JobForm
@@ -191,8 +193,48 @@ VIEW_FIELDS = [
 ]
 
 
+class WritingModelAdmin(admin.ModelAdmin):
+    """A model admin whose saves, deletions and actions wait for a scheduler writing meanwhile.
+
+    Django opens their transactions itself, and they read before they write;
+    SQLite refuses such a transaction the write lock at once, without
+    waiting, while a scheduler process holds it for a moment (a heartbeat, a
+    write-back), and the page would fail with "database is locked". Each
+    transaction of a POST here takes the write lock from its start instead,
+    waiting for it like any other writer (``backends.writing_transactions``).
+    """
+
+    def _writes(self, request: HttpRequest) -> AbstractContextManager[None]:
+        if request.method != "POST":
+            return nullcontext()
+        using = router.db_for_write(self.model)
+        return backends.for_alias(using).writing_transactions(using)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        with self._writes(request):
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        with self._writes(request):
+            return super().delete_view(request, object_id, extra_context)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        with self._writes(request):
+            return super().changelist_view(request, extra_context)
+
+
 @admin.register(DjangoJob)
-class DjangoJobAdmin(admin.ModelAdmin):
+class DjangoJobAdmin(WritingModelAdmin):
     """The stored jobs: an operations console (see the module's docstring)."""
 
     form = JobForm
@@ -957,7 +999,7 @@ class StatusListFilter(admin.SimpleListFilter):
 
 
 @admin.register(DjangoJobExecution)
-class DjangoJobExecutionAdmin(admin.ModelAdmin):
+class DjangoJobExecutionAdmin(WritingModelAdmin):
     """The execution log: one row per run, newest first, with a coloured status."""
 
     status_color_mapping = {
@@ -1016,7 +1058,7 @@ class DjangoJobExecutionAdmin(admin.ModelAdmin):
 
 
 @admin.register(DjangoSchedulerInstance)
-class DjangoSchedulerInstanceAdmin(admin.ModelAdmin):
+class DjangoSchedulerInstanceAdmin(WritingModelAdmin):
     """The scheduler processes dispatching from this database; read-only.
 
     Rows are written and removed by the schedulers themselves: an instance

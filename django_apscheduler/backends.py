@@ -17,7 +17,7 @@ import socket
 from contextlib import contextmanager
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Iterator, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, cast
 
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import CharField, F, Model, QuerySet
@@ -459,6 +459,18 @@ class Backend:
         with transaction.atomic(using=using):
             yield
 
+    @contextmanager
+    def writing_transactions(self, using: str) -> Iterator[None]:
+        """While inside, every transaction this thread starts on ``using`` is a write transaction.
+
+        For code whose transactions are opened by someone else (Django's
+        admin wraps a save in ``atomic()``) and read before they write: on a
+        database that refuses such a transaction the write lock at once when
+        another connection holds it, each then waits for the lock from the
+        start instead. Nothing changes where row locks make that moot.
+        """
+        yield
+
     def is_retryable(self, exc: BaseException) -> bool:
         """True if ``exc`` means "the connection was lost" or "try again later".
 
@@ -786,6 +798,15 @@ class MySQLBackend(Backend):
         return _MySQLRunLockSession(using)
 
 
+def _begin_immediate(conn: Any) -> Callable[[], None]:
+    """Start a transaction on the SQLite connection ``conn`` holding the write lock."""
+
+    def begin() -> None:
+        conn.cursor().execute("BEGIN IMMEDIATE")
+
+    return begin
+
+
 class SQLiteBackend(Backend):
     vendor = "sqlite"
 
@@ -802,11 +823,7 @@ class SQLiteBackend(Backend):
             with transaction.atomic(using=using):
                 yield
             return
-
-        def begin_immediate() -> None:
-            conn.cursor().execute("BEGIN IMMEDIATE")
-
-        with internals.sqlite_transaction_start(conn, begin_immediate):
+        with internals.sqlite_transaction_start(conn, _begin_immediate(conn)):
             atomic = transaction.atomic(using=using)
             atomic.__enter__()
         try:
@@ -817,6 +834,16 @@ class SQLiteBackend(Backend):
             raise
         else:
             atomic.__exit__(None, None, None)
+
+    @contextmanager
+    def writing_transactions(self, using: str) -> Iterator[None]:
+        """Each transaction started inside begins with ``BEGIN IMMEDIATE`` (see :meth:`write_transaction`)."""
+        conn = connections[using]
+        if conn.in_atomic_block:
+            yield  # the transaction under way was started as it was
+            return
+        with internals.sqlite_transaction_start(conn, _begin_immediate(conn)):
+            yield
 
     def is_retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, InterfaceError):

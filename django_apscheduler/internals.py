@@ -125,10 +125,16 @@ def sqlite_transaction_start(connection: Any, begin: Callable[[], None]) -> Iter
     has it (SQLite's does, in Django 4.2, 5.2 and 6.1); an instance attribute
     of that name replaces it for this connection. No
     fallback: on a Django without the hook, ``begin`` is never called and
-    the transaction starts with Django's own ``BEGIN``.
+    the transaction starts with Django's own ``BEGIN``. Nested uses restore
+    the enclosing one's ``begin`` on the way out.
     """
+    # Set by an enclosing use of this, if any.
+    outer = connection.__dict__.get("_start_transaction_under_autocommit")
     connection._start_transaction_under_autocommit = begin
     try:
         yield
     finally:
-        del connection._start_transaction_under_autocommit
+        if outer is None:
+            del connection._start_transaction_under_autocommit
+        else:
+            connection._start_transaction_under_autocommit = outer

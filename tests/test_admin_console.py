@@ -10,6 +10,8 @@ keeping history; view-only users refused by forged POSTs; escaping.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -22,6 +24,7 @@ from django.urls import reverse
 from django_apscheduler import client, console
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests import jobs
+from tests.helpers import runapscheduler_env
 from tests.test_admin import cell, row_of
 from tests.test_run_now import store_broken_job, store_finished_job, store_job
 
@@ -386,6 +389,73 @@ def test_delete_asks_for_confirmation_and_keeps_the_history(admin_client):
     response = admin_client.get(EXECUTIONS_URL, {"job__id__exact": "old"})
     assert [e.pk for e in response.context["cl"].result_list] == [run.pk]
     assert client.get_job("old") is None  # no scheduler sees it any more
+
+
+# --- writes while a scheduler writes ----------------------------------------------------
+
+#: Another process in a write transaction for a moment, as a scheduler's
+#: heartbeat or write-back is: it prints "holding" once it holds the write lock.
+WRITER = """
+import sys, time
+import django
+django.setup()
+from django_apscheduler import backends
+from django_apscheduler.models import DjangoJob
+with backends.for_alias("default").write_transaction("default"):
+    DjangoJob.objects.filter(id="elsewhere").update(version=7)
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("operation", ["add", "change", "delete", "pause"])
+def test_admin_writes_wait_for_a_scheduler_writing_meanwhile(admin_client, operation):
+    """A save while another process writes waits for it; no "database is locked" page.
+
+    On SQLite the admin's own transaction read before it wrote, and SQLite
+    refuses such a transaction the write lock at once, without waiting, while
+    another connection holds it (CI: the browser test's save, with a
+    scheduler process running).
+    """
+    store_job("elsewhere", jobs.record)
+    if operation != "add":
+        client.add_job(jobs.admin_record, "interval", minutes=5, id="target")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, "1.5"],
+        env=runapscheduler_env({}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "holding"
+        if operation == "add":
+            response = admin_client.post(ADD_URL, interval_form("target"))
+        elif operation == "change":
+            data = interval_form("target", minutes="7")
+            data.pop("id")
+            response = admin_client.post(change_url("target"), data)
+        elif operation == "delete":
+            response = admin_client.post(
+                reverse("admin:django_apscheduler_djangojob_delete", args=["target"]),
+                {"post": "yes"},
+            )
+        else:
+            response = act(admin_client, "pause_jobs", "target")
+        assert writer.poll() is None, "the other process let go before the request was made"
+        assert response.status_code == 302, response.content.decode()[:2000]
+    finally:
+        assert writer.wait(timeout=60) == 0
+    job = client.get_job("target")
+    if operation == "add":
+        assert job is not None and job.trigger.interval == timedelta(minutes=10)
+    elif operation == "change":
+        assert job.trigger.interval == timedelta(minutes=7)
+    elif operation == "delete":
+        assert job is None
+    else:
+        assert job.next_run_time is None
+    assert DjangoJob.objects.get(id="elsewhere").version == 7
 
 
 # --- the form ------------------------------------------------------------------------------
