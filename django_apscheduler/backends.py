@@ -471,6 +471,15 @@ class Backend:
         """
         yield
 
+    def refuses_late_writers(self, settings_dict: dict[str, Any]) -> bool:
+        """True if, with these database settings, a transaction that read first is refused the
+        write lock at once (no waiting) while another connection writes.
+
+        A request under ``ATOMIC_REQUESTS`` that changes a job is such a
+        transaction (``checks.check_atomic_requests``).
+        """
+        return False
+
     def is_retryable(self, exc: BaseException) -> bool:
         """True if ``exc`` means "the connection was lost" or "try again later".
 
@@ -834,6 +843,11 @@ class SQLiteBackend(Backend):
             raise
         else:
             atomic.__exit__(None, None, None)
+
+    def refuses_late_writers(self, settings_dict: dict[str, Any]) -> bool:
+        """Unless Django (5.1+) begins every transaction ``IMMEDIATE`` or ``EXCLUSIVE``."""
+        mode = str((settings_dict.get("OPTIONS") or {}).get("transaction_mode") or "")
+        return mode.upper() not in ("IMMEDIATE", "EXCLUSIVE")
 
     @contextmanager
     def writing_transactions(self, using: str) -> Iterator[None]:

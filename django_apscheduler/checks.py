@@ -39,6 +39,49 @@ def check_unknown_settings(app_configs: Any = None, **kwargs: Any) -> list[check
 
 
 @checks.register()
+def check_atomic_requests(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A warning when requests that change jobs would fail while a scheduler writes.
+
+    With ``ATOMIC_REQUESTS`` every view runs in a transaction Django opens
+    before the view reads anything. On SQLite, such a transaction that then
+    writes (``add_job``, a pause, the admin's save) is refused at once with
+    "database is locked" whenever a scheduler holds the write lock for a
+    moment, instead of waiting for it.
+    """
+    import django
+    from django.db import connections, router
+
+    from django_apscheduler import backends
+    from django_apscheduler.models import DjangoJob
+
+    using = router.db_for_write(DjangoJob)
+    settings_dict = connections.settings.get(using) or {}
+    if not settings_dict.get("ATOMIC_REQUESTS"):
+        return []
+    if not backends.for_alias(using).refuses_late_writers(settings_dict):
+        return []
+    if django.VERSION >= (5, 1):
+        hint = (
+            f'Add "transaction_mode": "IMMEDIATE" to DATABASES[{using!r}]["OPTIONS"], so each '
+            "transaction waits for the write lock from its start."
+        )
+    else:
+        hint = (
+            "Decorate the views that change jobs with @transaction.non_atomic_requests, or turn "
+            f"ATOMIC_REQUESTS off for {using!r} (Django 5.1 adds OPTIONS "
+            '"transaction_mode": "IMMEDIATE", which fixes this).'
+        )
+    return [
+        checks.Warning(
+            f"DATABASES[{using!r}] is SQLite with ATOMIC_REQUESTS: a request that changes a job "
+            "while a scheduler writes fails with 'database is locked' instead of waiting.",
+            hint=hint,
+            id="django_apscheduler.W003",
+        )
+    ]
+
+
+@checks.register()
 def check_declared_executors(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """One error per ``@scheduled_job`` whose executor this app's schedulers do not have.
 

@@ -12,16 +12,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import django
 import pytest
 from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
+from django.db import OperationalError, connection
 from django.urls import reverse
 
-from django_apscheduler import client, console
+from django_apscheduler import checks, client, console
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from tests import jobs
 from tests.helpers import runapscheduler_env
@@ -456,6 +459,75 @@ def test_admin_writes_wait_for_a_scheduler_writing_meanwhile(admin_client, opera
     else:
         assert job.next_run_time is None
     assert DjangoJob.objects.get(id="elsewhere").version == 7
+
+
+@contextmanager
+def database_settings(**changes):
+    """The test database's settings with ``changes``, on a new connection; restored after."""
+    settings_dict = connection.settings_dict
+    saved = {key: settings_dict.get(key) for key in changes}
+    connection.close()
+    settings_dict.update(changes)
+    try:
+        yield
+    finally:
+        connection.close()
+        settings_dict.update(saved)
+
+
+def add_while_another_process_writes(admin_client) -> int | str:
+    """POST the add form while another process holds a write transaction: the status, or the error."""
+    store_job("elsewhere", jobs.record)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, "1.5"],
+        env=runapscheduler_env({}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "holding"
+        try:
+            response = admin_client.post(ADD_URL, interval_form("target"))
+        except OperationalError as exc:
+            return str(exc)
+        assert writer.poll() is None, "the other process let go before the request was made"
+        return response.status_code
+    finally:
+        assert writer.wait(timeout=60) == 0
+
+
+def test_atomic_requests_warning_is_true_and_its_hint_mends_it(admin_client):
+    """W003: under ATOMIC_REQUESTS, SQLite refuses a request's late write at once; the hint fixes it.
+
+    Django opens the request's transaction before the view reads, so the
+    admin cannot start it with the write lock itself.
+    """
+    with database_settings(ATOMIC_REQUESTS=True):
+        warnings = checks.check_atomic_requests()
+        outcome = add_while_another_process_writes(admin_client)
+    if connection.vendor != "sqlite":
+        assert warnings == [] and outcome == 302, outcome
+        return
+    [warning] = warnings
+    assert warning.id == "django_apscheduler.W003"
+    assert "'default'" in warning.msg and "ATOMIC_REQUESTS" in warning.msg
+    assert outcome == "database is locked", outcome  # what the warning says
+    DjangoJob.objects.all().delete()
+    if django.VERSION < (5, 1):
+        assert "non_atomic_requests" in warning.hint
+        return
+    assert '"transaction_mode": "IMMEDIATE"' in warning.hint
+    options = {**connection.settings_dict["OPTIONS"], "transaction_mode": "IMMEDIATE"}
+    with database_settings(ATOMIC_REQUESTS=True, OPTIONS=options):
+        assert checks.check_atomic_requests() == []
+        assert add_while_another_process_writes(admin_client) == 302
+    assert client.get_job("target") is not None
+
+
+def test_no_atomic_requests_warning_without_atomic_requests():
+    assert not connection.settings_dict.get("ATOMIC_REQUESTS")
+    assert checks.check_atomic_requests() == []
 
 
 # --- the form ------------------------------------------------------------------------------
