@@ -411,6 +411,30 @@ with backends.for_alias("default").write_transaction("default"):
 """
 
 
+@contextmanager
+def another_process_writing(seconds: float = 1.5):
+    """Inside: another process holds a write transaction (on the job "elsewhere") for ``seconds``.
+
+    On the way out, asserts that it still held it then (so what ran inside
+    overlapped it), and that it ended well.
+    """
+    store_job("elsewhere", jobs.record)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(seconds)],
+        env=runapscheduler_env({}),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "holding"
+        yield
+        assert writer.poll() is None, "the other process let go before the request was made"
+    finally:
+        assert writer.wait(timeout=60) == 0
+    assert DjangoJob.objects.get(id="elsewhere").version == 7
+
+
 @pytest.mark.parametrize("operation", ["add", "change", "delete", "pause"])
 def test_admin_writes_wait_for_a_scheduler_writing_meanwhile(admin_client, operation):
     """A save while another process writes waits for it; no "database is locked" page.
@@ -420,18 +444,9 @@ def test_admin_writes_wait_for_a_scheduler_writing_meanwhile(admin_client, opera
     another connection holds it (CI: the browser test's save, with a
     scheduler process running).
     """
-    store_job("elsewhere", jobs.record)
     if operation != "add":
         client.add_job(jobs.admin_record, "interval", minutes=5, id="target")
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, "1.5"],
-        env=runapscheduler_env({}),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "holding"
+    with another_process_writing():
         if operation == "add":
             response = admin_client.post(ADD_URL, interval_form("target"))
         elif operation == "change":
@@ -445,10 +460,7 @@ def test_admin_writes_wait_for_a_scheduler_writing_meanwhile(admin_client, opera
             )
         else:
             response = act(admin_client, "pause_jobs", "target")
-        assert writer.poll() is None, "the other process let go before the request was made"
-        assert response.status_code == 302, response.content.decode()[:2000]
-    finally:
-        assert writer.wait(timeout=60) == 0
+    assert response.status_code == 302, response.content.decode()[:2000]
     job = client.get_job("target")
     if operation == "add":
         assert job is not None and job.trigger.interval == timedelta(minutes=10)
@@ -458,7 +470,6 @@ def test_admin_writes_wait_for_a_scheduler_writing_meanwhile(admin_client, opera
         assert job is None
     else:
         assert job.next_run_time is None
-    assert DjangoJob.objects.get(id="elsewhere").version == 7
 
 
 @contextmanager
@@ -477,24 +488,12 @@ def database_settings(**changes):
 
 def add_while_another_process_writes(admin_client) -> int | str:
     """POST the add form while another process holds a write transaction: the status, or the error."""
-    store_job("elsewhere", jobs.record)
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, "1.5"],
-        env=runapscheduler_env({}),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert writer.stdout is not None
-        assert writer.stdout.readline().strip() == "holding"
+    with another_process_writing():
         try:
-            response = admin_client.post(ADD_URL, interval_form("target"))
+            outcome: int | str = admin_client.post(ADD_URL, interval_form("target")).status_code
         except OperationalError as exc:
-            return str(exc)
-        assert writer.poll() is None, "the other process let go before the request was made"
-        return response.status_code
-    finally:
-        assert writer.wait(timeout=60) == 0
+            outcome = str(exc)
+    return outcome
 
 
 def test_atomic_requests_warning_is_true_and_its_hint_mends_it(admin_client):
