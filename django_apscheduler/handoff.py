@@ -519,55 +519,55 @@ def publish(
 
     ``owner`` is the scheduler instance the row names: the row is enqueued
     only while it still does (a sweep takes a dead scheduler's rows over by
-    naming itself). The enqueue is never retried here (a failure that hid a
-    success would enqueue twice); a failed one marks the row "Error!" with the
-    reason.
+    naming itself). The row stays locked from that check until the note
+    commits, whatever the engine: a sweep that takes a scheduler for dead
+    while it enqueues waits for the lock, then finds the row noted, so the
+    task is never enqueued twice. The enqueue itself is never repeated (a
+    failure that hid a success would enqueue twice); a failed one marks the
+    row "Error!" with the reason.
     """
     from django_apscheduler.models import DjangoJobExecution
 
     using = router.db_for_write(DjangoJobExecution)
     label = engine.label(task, options)
-    rows = (
-        DjangoJobExecution.objects.using(using)
-        .unpublished()
-        .filter(pk=execution_id, instance=owner)
-    )
-
-    def note(new_id: str) -> None:
-        rows.note_enqueued(new_id, label)
-
+    executions_ = DjangoJobExecution.objects.using(using)
+    rows = executions_.unpublished().filter(pk=execution_id, instance=owner)
+    # Django Tasks' database backend on this database: the task and the note
+    # commit together (a crash leaves neither). Other engines enqueue outside
+    # the transaction; the lock still keeps other publishers out meanwhile.
     transactional = engine.transactional(task, options, using)
+    backend = backends.for_alias(using)
+    enqueued: str | None = None  # set once an enqueue outside the transaction went through
+
+    def enqueue_and_note() -> str | None:
+        nonlocal enqueued
+        with backend.write_transaction(using):
+            if not list(backend.lock_for_write(rows, using).values_list("pk", flat=True)):
+                noted = executions_.filter(pk=execution_id, instance=owner)
+                # A retry whose first attempt committed: enqueued already, as noted.
+                return noted.exclude(handed_off_at=None).values_list("task_id", flat=True).first()
+            if enqueued is not None:
+                new_id = enqueued  # a retry after the enqueue: only the note is left
+            else:
+                new_id = engine.enqueue(task, args, kwargs, options, task_id)
+                if not transactional:
+                    enqueued = new_id
+            rows.note_enqueued(new_id, label)
+        return new_id
+
     try:
-        if transactional:
-            # Django Tasks' database backend on this database: the task and the
-            # note commit together (a crash leaves neither).
-            backend = backends.for_alias(using)
-
-            def enqueue_and_note() -> str:
-                with backend.write_transaction(using):
-                    # Locked: of two publishers of this row (a retry whose first
-                    # attempt committed; a sweep and a scheduler taken for dead),
-                    # the second finds it noted and enqueues nothing.
-                    if not list(backend.lock_for_write(rows, using).values_list("pk", flat=True)):
-                        # A retry whose first attempt committed: enqueued already.
-                        noted = DjangoJobExecution.objects.using(using).filter(pk=execution_id)
-                        return str(noted.values_list("task_id", flat=True).first())
-                    new_id = engine.enqueue(task, args, kwargs, options, task_id)
-                    note(new_id)
-                return new_id
-
-            new_id = db.run_resiliently(enqueue_and_note, using=using, description="enqueue")
-        else:
-            if not db.run_resiliently(rows.exists, using=using, description="check a hand-off"):
-                logger.warning(
-                    "Execution %s was taken over by another scheduler (this one was taken for "
-                    "dead); not enqueueing it here",
-                    execution_id,
-                )
-                return None
-            # Never retried: a failure that hid a success would enqueue twice.
-            new_id = engine.enqueue(task, args, kwargs, options, task_id)
+        new_id = db.run_resiliently(enqueue_and_note, using=using, description="enqueue")
     except Exception as exc:
+        if enqueued is not None:
+            # Enqueued, but the row still reads "not enqueued": should this process
+            # die before the database is back, a sweep would enqueue it again.
+            logger.exception(
+                "Execution %s was handed to %s as task %s, but that could not be noted",
+                execution_id,
+                label,
+                enqueued,
+            )
+            return HandOff(execution_id, label, enqueued)
         reason = f"Could not hand the fire to {label}: {type(exc).__name__}: {exc}"
         logger.error("Execution %s: %s", execution_id, reason)
         db.run_resiliently(
@@ -576,18 +576,13 @@ def publish(
             description="record a failed hand-off",
         )
         return None
-    if not transactional:
-        try:
-            db.run_resiliently(lambda: note(new_id), using=using, description="note a hand-off")
-        except Exception:
-            # Enqueued, but the row still reads "not enqueued": should this process
-            # die before the database is back, a sweep would enqueue it again.
-            logger.exception(
-                "Execution %s was handed to %s as task %s, but that could not be noted",
-                execution_id,
-                label,
-                new_id,
-            )
+    if new_id is None:
+        logger.warning(
+            "Execution %s was taken over by another scheduler (this one was taken for "
+            "dead); not enqueueing it here",
+            execution_id,
+        )
+        return None
     logger.info("Execution %s handed to %s as task %s", execution_id, label, new_id)
     return HandOff(execution_id, label, new_id)
 

@@ -9,7 +9,12 @@ what needs no broker, Celery.
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
 from apscheduler.util import ref_to_obj
@@ -22,7 +27,7 @@ from django_apscheduler.exceptions import TaskHandoffError
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from django_apscheduler.run_now import RunStatus, run_jobs_now
 from tests import handoff_tasks
-from tests.helpers import wait_until
+from tests.helpers import runapscheduler_env, wait_until
 
 UTC = timezone.utc
 HAS_TASKS_DB = handoff_tasks.HAS_TASKS_DB
@@ -31,6 +36,8 @@ needs_tasks_db = pytest.mark.skipif(
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def task_results():
@@ -393,3 +400,100 @@ def test_the_sweep_marks_overdue_hand_offs_lost():
     assert statuses[unnoted.pk].status == DjangoJobExecution.LOST
     assert statuses[recent.pk].status == DjangoJobExecution.QUEUED
     assert statuses[local.pk].status == DjangoJobExecution.SENT  # a run in a scheduler: not ours
+
+
+# --- a sweep racing the scheduler it took for dead ---------------------------------------
+
+SWEEPER = """
+import sys
+import django
+
+django.setup()
+from django_apscheduler import handoff
+
+open(sys.argv[1], "w").close()
+print("sweep:", handoff.sweep("sweeper"), flush=True)
+"""
+
+
+class _SweptDuringEnqueue:
+    """The Celery engine, but a sweep in another process starts right after the enqueue.
+
+    That is the moment a scheduler taken for dead (a heartbeat late beyond
+    the lease on a loaded machine) has enqueued its hand-off and not yet
+    noted it: a real process sweeps, as another scheduler's housekeeping
+    would, and this waits for it (at most a few seconds, as it may wait on a lock).
+    """
+
+    def __init__(self, engine: Any, marker: Any) -> None:
+        self.engine = engine
+        self.marker = marker
+        self.sweeper: subprocess.Popen | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def enqueue(self, *args: Any) -> str:
+        new_id = self.engine.enqueue(*args)
+        self.sweeper = subprocess.Popen(
+            [sys.executable, "-c", SWEEPER, str(self.marker)],
+            cwd=ROOT,
+            env=runapscheduler_env({}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        wait_until(lambda: self.marker.exists() or self.sweeper.poll() is not None, timeout=120)
+        try:
+            self.sweeper.wait(5)
+        except subprocess.TimeoutExpired:
+            pass  # waiting for this transaction's lock on the row: it ends after the note
+        return new_id
+
+
+def test_a_sweep_while_a_live_scheduler_enqueues_does_not_enqueue_the_task_again(tmp_path):
+    """The celery storm test's doubles on a loaded machine, made to happen every time.
+
+    The row stays locked from its owner's check until its note commits, so
+    the sweep waits, then finds it enqueued; before, it took the row over
+    and enqueued the task a second time (the worker then ran it twice).
+    """
+    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
+    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
+    client.add_job(ref, "interval", hours=1, id="raced", args=[str(tmp_path / "runs")])
+    run_time = dj_timezone.now() - timedelta(seconds=1)
+    stored = util.get_django_internal_datetime(run_time)
+    task_id = tasks_celery.derived_task_id("raced", stored)
+    row = DjangoJobExecution.objects.create(
+        job_id="raced",
+        run_time=stored,
+        status=DjangoJobExecution.QUEUED,
+        instance="slow:1:x",  # no heartbeat on record: the sweep takes it for dead
+        task_backend="celery",
+        task_id=task_id,
+        task_call=signing.seal(
+            "handoff-call:raced",
+            pickle.dumps((ref, (str(tmp_path / "runs"),), {})),
+        ),
+    )
+    task, engine = ref_to_obj(ref).resolve()
+    racing = _SweptDuringEnqueue(engine, tmp_path / "sweeping")
+    try:
+        done = handoff.publish(
+            row.pk, task, racing, {"queue": queue}, (str(tmp_path / "runs"),), {}, task_id,
+            "slow:1:x",
+        )  # fmt: skip
+        assert racing.sweeper is not None
+        output, _ = racing.sweeper.communicate(timeout=120)
+        assert racing.sweeper.returncode == 0, output
+        assert "sweep: (0, 0)" in output, output  # it found the row enqueued: nothing to do
+        assert done is not None and done.task_id == task_id
+        row.refresh_from_db()
+        assert row.instance == "slow:1:x" and row.handed_off_at is not None
+        with handoff_tasks.celery_note.app.connection_for_read() as connection:
+            assert connection.default_channel.client.llen(queue) == 1  # one message, not two
+    finally:
+        if racing.sweeper is not None and racing.sweeper.poll() is None:
+            racing.sweeper.kill()
+        with handoff_tasks.celery_note.app.connection_for_write() as connection:
+            connection.default_channel.client.delete(queue)
