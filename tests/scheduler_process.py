@@ -167,6 +167,7 @@ def main(config: dict[str, Any]) -> None:
     django.setup()
 
     from apscheduler.events import (
+        EVENT_JOB_ADDED,
         EVENT_JOB_MAX_INSTANCES,
         EVENT_JOB_MISSED,
         EVENT_JOB_SUBMITTED,
@@ -197,6 +198,15 @@ def main(config: dict[str, Any]) -> None:
         with lock:
             events.write(json.dumps(record) + "\n")
 
+    # When each job was first stored (its next run time is computed then): in
+    # "<events>.added", apart from the fires.
+    added = open(config["events"] + ".added", "a", buffering=1)
+
+    def added_listener(event: Any) -> None:
+        with lock:
+            added.write(json.dumps({"pid": os.getpid(), "job": event.job_id, "t": time.time()}))
+            added.write("\n")
+
     # "exit_after_start": behave like an autostarted web worker that exits
     # normally: a background scheduler, stopped by the autostart hook at exit
     # while the job's thread still runs (the interpreter waits for it).
@@ -209,6 +219,7 @@ def main(config: dict[str, Any]) -> None:
     scheduler.add_listener(
         listener, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED
     )
+    scheduler.add_listener(added_listener, EVENT_JOB_ADDED)
     if config.get("go"):
         config = {**config, **_wait_for_go(config["go"])}
     module = sys.modules[__name__]

@@ -209,6 +209,9 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
     for job_id, run_time in fires:
         by_job[job_id].append(run_time)
     assert sorted(by_job) == sorted(job["id"] for job in jobs)
+    stored: dict[str, float] = {}  # when the job was first stored, by any process
+    for line in read_lines(f"{processes.events}.added"):
+        stored[line["job"]] = min(line["t"], stored.get(line["job"], line["t"]))
     # The processes dispatched until they stopped. A loaded machine may keep the
     # dispatch seconds behind the clock: each job's last fire is judged against
     # how far behind the dispatch was in its last two seconds.
@@ -223,7 +226,14 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
             f"{job_id}: stopped firing at {run_times[-1]} (the dispatch was {lag:.1f} s behind)"
         )
         if job_id.startswith("interval"):
-            assert run_times[0] == start, f"{job_id}: first fire {run_times[0]}, not {start}"
+            # Its first fire is its start or, where every process stored the job
+            # after that (a loaded machine), the first second after it was
+            # stored, as APScheduler computes for a job added late: none skipped.
+            first = start + max(0, math.ceil(stored[job_id] - start))
+            assert start <= run_times[0] <= first, (
+                f"{job_id}: first fire {run_times[0]}, not {start} "
+                f"(first stored at {stored[job_id]:.2f})"
+            )
     per_process = Counter(e["pid"] for e in events)
     print(f"\nstorm on {connection.vendor}: {sum(fires.values())} fires, per process {per_process}")
 
