@@ -48,10 +48,10 @@ def log_run(path: str, seconds: float = 0.0) -> None:
     _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
 
 
-def run_until(path: str, deadline: float) -> None:
-    """Note the start, then keep running until the epoch time ``deadline``."""
+def run_until(path: str, deadline: float, stop: str | None = None) -> None:
+    """Note the start, then keep running until the epoch time ``deadline`` (or the file ``stop``)."""
     _append(path, {"event": "start", "pid": os.getpid(), "t": time.time()})
-    while time.time() < deadline:
+    while time.time() < deadline and not (stop and os.path.exists(stop)):
         time.sleep(0.1)
     _append(path, {"event": "end", "pid": os.getpid(), "t": time.time()})
 
