@@ -105,6 +105,8 @@ class Engine(Protocol):
 
     def transactional(self, task: Any, options: dict[str, Any], using: str) -> bool: ...
 
+    def runs_inline(self, task: Any, options: dict[str, Any]) -> bool: ...
+
     def enqueue(
         self, task: Any, args: tuple, kwargs: dict, options: dict[str, Any], task_id: str | None
     ) -> str: ...
@@ -539,6 +541,35 @@ def publish(
     backend = backends.for_alias(using)
     enqueued: str | None = None  # set once an enqueue outside the transaction went through
 
+    def fail(exc: Exception) -> None:
+        reason = f"Could not hand the fire to {label}: {type(exc).__name__}: {exc}"
+        logger.error("Execution %s: %s", execution_id, reason)
+        db.run_resiliently(
+            lambda: rows.fail_handoff(reason),
+            using=using,
+            description="record a failed hand-off",
+        )
+
+    def taken_over() -> None:
+        logger.warning(
+            "Execution %s was taken over by another scheduler (this one was taken for "
+            "dead); not enqueueing it here",
+            execution_id,
+        )
+
+    if engine.runs_inline(task, options):
+        # This enqueue runs the task here and now (Django Tasks' ImmediateBackend,
+        # Celery's task_always_eager): not under the row's lock, which would be
+        # held for the whole run (on SQLite, the database's write lock).
+        if not db.run_resiliently(rows.exists, using=using, description="check a hand-off"):
+            taken_over()
+            return None
+        try:
+            enqueued = engine.enqueue(task, args, kwargs, options, task_id)
+        except Exception as exc:
+            fail(exc)
+            return None
+
     def enqueue_and_note() -> str | None:
         nonlocal enqueued
         with backend.write_transaction(using):
@@ -568,21 +599,13 @@ def publish(
                 enqueued,
             )
             return HandOff(execution_id, label, enqueued)
-        reason = f"Could not hand the fire to {label}: {type(exc).__name__}: {exc}"
-        logger.error("Execution %s: %s", execution_id, reason)
-        db.run_resiliently(
-            lambda: rows.fail_handoff(reason),
-            using=using,
-            description="record a failed hand-off",
-        )
+        fail(exc)
         return None
     if new_id is None:
-        logger.warning(
-            "Execution %s was taken over by another scheduler (this one was taken for "
-            "dead); not enqueueing it here",
-            execution_id,
-        )
-        return None
+        if enqueued is None:
+            taken_over()
+            return None
+        new_id = enqueued  # ran inline, and taken over meanwhile: the row is the other's
     logger.info("Execution %s handed to %s as task %s", execution_id, label, new_id)
     return HandOff(execution_id, label, new_id)
 

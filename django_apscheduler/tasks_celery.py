@@ -97,6 +97,10 @@ class CeleryEngine:
     def transactional(self, task: Any, options: dict[str, Any], using: str) -> bool:
         return False
 
+    def runs_inline(self, task: Any, options: dict[str, Any]) -> bool:
+        """True with ``task_always_eager``: ``apply_async`` then runs the task in this process."""
+        return bool(task.app.conf.task_always_eager)
+
     def enqueue(
         self, task: Any, args: tuple, kwargs: dict, options: dict[str, Any], task_id: str | None
     ) -> str:

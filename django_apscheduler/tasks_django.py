@@ -8,6 +8,7 @@ such engine".
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -126,6 +127,13 @@ class DjangoTasksEngine:
         module = _module_of(task)
         backend = module.task_backends[_configured(task, options).backend]
         return isinstance(backend, DatabaseBackend) and router.db_for_write(DBTaskResult) == using
+
+    def runs_inline(self, task: Any, options: dict[str, Any]) -> bool:
+        """True for the ``ImmediateBackend``, whose enqueue runs the task in this process."""
+        module = _module_of(task)
+        immediate = importlib.import_module(f"{module.__name__}.backends.immediate")
+        backend = module.task_backends[_configured(task, options).backend]
+        return isinstance(backend, immediate.ImmediateBackend)
 
     def enqueue(
         self, task: Any, args: tuple, kwargs: dict, options: dict[str, Any], task_id: str | None

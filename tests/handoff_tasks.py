@@ -45,6 +45,19 @@ HAS_TASKS_DB = task is not None and find_spec("django_tasks_db") is not None
 # --- Celery ----------------------------------------------------------------------
 
 
+def _note_transaction(path: str) -> None:
+    """Note whether this runs inside a transaction of the default database."""
+    from django.db import connection
+
+    with open(path, "a") as file:
+        file.write(json.dumps({"pid": os.getpid(), "atomic": connection.in_atomic_block}) + "\n")
+
+
+@shared_task
+def celery_in_transaction(path: str) -> None:
+    _note_transaction(path)
+
+
 @shared_task
 def celery_note(path: str, tag: str = "") -> int:
     _note(path, tag, current_task.request.id)
@@ -96,3 +109,7 @@ if HAS_TASKS_DB:  # the test settings' TASKS (with its queues) exist only then
     @task(queue_name="reports", priority=5)
     def tasks_report(path: str) -> None:
         _note(path, "report", "")
+
+    @task()
+    def tasks_in_transaction(path: str) -> None:
+        _note_transaction(path)

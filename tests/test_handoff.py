@@ -8,6 +8,7 @@ what needs no broker, Celery.
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from apscheduler.util import ref_to_obj
 from django.core import checks
+from django.db import connection
 from django.test.utils import override_settings
 from django.utils import timezone as dj_timezone
 
@@ -497,3 +499,61 @@ def test_a_sweep_while_a_live_scheduler_enqueues_does_not_enqueue_the_task_again
             racing.sweeper.kill()
         with handoff_tasks.celery_note.app.connection_for_write() as connection:
             connection.default_channel.client.delete(queue)
+
+
+def _ran_in_transaction(path: Path) -> list[bool]:
+    return [json.loads(line)["atomic"] for line in path.read_text().splitlines()]
+
+
+@needs_tasks_db
+def test_a_task_the_immediate_backend_runs_at_the_enqueue_runs_outside_the_row_lock(
+    tmp_path, settings
+):
+    """Only an enqueue that merely sends is made under the row's lock, not a whole run."""
+    tasks = {
+        **settings.TASKS,
+        "inline": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"},
+    }
+    path = tmp_path / "ran"
+    with override_settings(TASKS=tasks):
+        ref = handoff.task_ref(handoff_tasks.tasks_in_transaction, backend="inline")
+        client.add_job(ref, "interval", hours=1, id="inline", args=[str(path)])
+        done = handoff.hand_off(
+            "inline", dj_timezone.now(), ref_to_obj(ref), (str(path),), {}, "me"
+        )
+    assert done is not None and done.backend == "django-tasks:inline"
+    assert _ran_in_transaction(path) == [False]
+    row = DjangoJobExecution.objects.get(job_id="inline")
+    assert row.task_id == done.task_id and row.handed_off_at is not None
+
+
+def test_an_eager_celery_task_runs_outside_the_row_lock(tmp_path):
+    app = handoff_tasks.celery_in_transaction.app
+    path = tmp_path / "ran"
+    ref = handoff.task_ref(handoff_tasks.celery_in_transaction)
+    client.add_job(ref, "interval", hours=1, id="eager", args=[str(path)])
+    app.conf.task_always_eager = True
+    try:
+        done = handoff.hand_off("eager", dj_timezone.now(), ref_to_obj(ref), (str(path),), {}, "me")
+    finally:
+        app.conf.task_always_eager = False
+    assert done is not None
+    assert _ran_in_transaction(path) == [False]
+    # The task's own signals, in this process, recorded its run on the row.
+    assert DjangoJobExecution.objects.get(job_id="eager").status == DjangoJobExecution.SUCCESS
+
+
+def test_a_celery_task_is_sent_while_its_row_is_locked(tmp_path, monkeypatch):
+    """The enqueue that only sends a message is made inside the locked transaction."""
+    task, engine = ref_to_obj(handoff.task_ref(handoff_tasks.celery_note)).resolve()
+    seen: list[bool] = []
+
+    def enqueue(*args: Any) -> str:
+        seen.append(connection.in_atomic_block)
+        return "apscheduler-sent"
+
+    monkeypatch.setattr(engine, "enqueue", enqueue)
+    client.add_job(handoff_tasks.celery_note, "interval", hours=1, id="sent", args=["p"])
+    row = _queued_row("sent", "me", dj_timezone.now())
+    done = handoff.publish(row.pk, task, engine, {}, ("p",), {}, None, "me")
+    assert done is not None and done.task_id == "apscheduler-sent" and seen == [True]
