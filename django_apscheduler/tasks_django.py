@@ -131,9 +131,12 @@ class DjangoTasksEngine:
     def runs_inline(self, task: Any, options: dict[str, Any]) -> bool:
         """True for the ``ImmediateBackend``, whose enqueue runs the task in this process."""
         module = _module_of(task)
-        immediate = importlib.import_module(f"{module.__name__}.backends.immediate")
         backend = module.task_backends[_configured(task, options).backend]
-        return isinstance(backend, immediate.ImmediateBackend)
+        immediate = tuple(
+            importlib.import_module(f"{package.__name__}.backends.immediate").ImmediateBackend
+            for package, _, _ in _modules
+        )
+        return isinstance(backend, immediate)
 
     def enqueue(
         self, task: Any, args: tuple, kwargs: dict, options: dict[str, Any], task_id: str | None

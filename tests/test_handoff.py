@@ -510,9 +510,11 @@ def test_a_task_the_immediate_backend_runs_at_the_enqueue_runs_outside_the_row_l
     tmp_path, settings
 ):
     """Only an enqueue that merely sends is made under the row's lock, not a whole run."""
+    package = type(handoff_tasks.tasks_in_transaction).__module__.rsplit(".", 1)[0]
     tasks = {
         **settings.TASKS,
-        "inline": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"},
+        # The ImmediateBackend of the package the test task comes from.
+        "inline": {"BACKEND": f"{package}.backends.immediate.ImmediateBackend"},
     }
     path = tmp_path / "ran"
     with override_settings(TASKS=tasks):
