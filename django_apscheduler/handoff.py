@@ -564,11 +564,14 @@ def publish(
         if not db.run_resiliently(rows.exists, using=using, description="check a hand-off"):
             taken_over()
             return None
+        _inline.execution_id = execution_id  # the run's signals, in this thread, write this row
         try:
             enqueued = engine.enqueue(task, args, kwargs, options, task_id)
         except Exception as exc:
             fail(exc)
             return None
+        finally:
+            _inline.execution_id = _inline.task_id = None
 
     def enqueue_and_note() -> str | None:
         nonlocal enqueued
@@ -704,6 +707,10 @@ def worker_identity() -> str:
     return f"{socket.gethostname()[:200]}:{os.getpid()}:worker"
 
 
+#: The row of the hand-off whose task this thread runs inline (``Engine.runs_inline``).
+_inline = threading.local()
+
+
 def _wait_for_row(task_id: str, label: str | None, wait: float) -> Any:
     """The hand-off row of task ``task_id``: (pk, job id, run time, status), or None.
 
@@ -716,6 +723,15 @@ def _wait_for_row(task_id: str, label: str | None, wait: float) -> Any:
 
     using = router.db_for_write(DjangoJobExecution)
     executions_ = DjangoJobExecution.objects.using(using)
+    inline = getattr(_inline, "execution_id", None)
+    if inline is not None:
+        # Run inline by this thread's enqueue, before its id could be noted: the
+        # first task that starts here is that hand-off's (not one it enqueues).
+        if getattr(_inline, "task_id", None) is None:
+            _inline.task_id = task_id
+        if _inline.task_id == task_id:
+            fields = ("pk", "job_id", "run_time", "status")
+            return executions_.filter(pk=inline).values_list(*fields).first()
     deadline = time.monotonic() + wait
     while True:
         row = executions_.of_task(task_id).values_list("pk", "job_id", "run_time", "status").first()

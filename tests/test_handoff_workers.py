@@ -31,7 +31,7 @@ from django_apscheduler.models import DjangoJob, DjangoJobExecution
 from tests import handoff_tasks
 from tests.helpers import wait_until
 from tests.scheduler_process import read_lines
-from tests.test_multiprocess import SchedulerProcesses
+from tests.test_multiprocess import SchedulerProcesses, first_due
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -358,13 +358,15 @@ def test_storm_each_fire_runs_once_on_a_worker(schedulers, workers, tmp_path):
     rows = list(DjangoJobExecution.objects.all())
     statuses = Counter(row.status for row in rows)
     assert statuses == {DjangoJobExecution.SUCCESS: len(rows)}, (statuses, workers.log())
+    stored = schedulers.first_stored()
     per_job = defaultdict(list)
     for row in rows:
         per_job[row.job_id].append(row.run_time.timestamp())
     assert sorted(per_job) == [job["id"] for job in jobs]
     for job_id, times in per_job.items():
         times.sort()
-        assert times[0] == start and len(times) >= 19, (job_id, times)
+        first = first_due(start, stored[job_id])  # start, unless every process stored it later
+        assert start <= times[0] <= first and len(times) >= 19, (job_id, first, times)
         assert all(b - a == 1 for a, b in zip(times, times[1:])), (job_id, times)  # none lost
     done = runs(path)
     assert len(done) == len(rows)  # each fire executed once

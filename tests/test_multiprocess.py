@@ -48,6 +48,16 @@ UTC = timezone.utc
 PROBLEMS = ("Traceback", "MultipleObjectsReturned", "no longer exists", "CRITICAL")
 
 
+def first_due(start: float, stored: float) -> float:
+    """The first fire of a 1-second interval job from ``start``, first stored at ``stored``.
+
+    ``start`` itself, or where every process stored the job after it (a loaded
+    machine), the first second after that, as APScheduler computes for a job
+    added late.
+    """
+    return start + max(0, math.ceil(stored - start))
+
+
 class SchedulerProcesses:
     """Starts scheduler processes on the test database and collects what they did."""
 
@@ -146,6 +156,13 @@ class SchedulerProcesses:
         """Lines of the processes' output that report an error."""
         return [line for line in self.log().splitlines() if any(p in line for p in PROBLEMS)]
 
+    def first_stored(self) -> dict[str, float]:
+        """When each job was first stored by any process (its next run time is computed then)."""
+        stored: dict[str, float] = {}
+        for line in read_lines(f"{self.events}.added"):
+            stored[line["job"]] = min(line["t"], stored.get(line["job"], line["t"]))
+        return stored
+
     def submitted(self) -> list[dict[str, Any]]:
         return [e for e in read_lines(str(self.events)) if e["code"] == "submitted"]
 
@@ -209,14 +226,13 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
     for job_id, run_time in fires:
         by_job[job_id].append(run_time)
     assert sorted(by_job) == sorted(job["id"] for job in jobs)
-    stored: dict[str, float] = {}  # when the job was first stored, by any process
-    for line in read_lines(f"{processes.events}.added"):
-        stored[line["job"]] = min(line["t"], stored.get(line["job"], line["t"]))
+    stored = processes.first_stored()
     # The processes dispatched until they stopped. A loaded machine may keep the
     # dispatch seconds behind the clock: each job's last fire is judged against
     # how far behind the dispatch was in its last two seconds.
     last = max(e["t"] for e in events)
-    assert last >= until - 2, f"dispatch stopped at {last:.2f}, before the end ({until})"
+    # (Within 5 s: a loaded machine can starve all four processes for seconds.)
+    assert last >= until - 5, f"dispatch stopped at {last:.2f}, before the end ({until})"
     lag = max(e["t"] - max(e["run_times"]) for e in events if e["t"] >= last - 2)
     for job_id, run_times in by_job.items():
         run_times.sort()
@@ -229,8 +245,7 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
             # Its first fire is its start or, where every process stored the job
             # after that (a loaded machine), the first second after it was
             # stored, as APScheduler computes for a job added late: none skipped.
-            first = start + max(0, math.ceil(stored[job_id] - start))
-            assert start <= run_times[0] <= first, (
+            assert start <= run_times[0] <= first_due(start, stored[job_id]), (
                 f"{job_id}: first fire {run_times[0]}, not {start} "
                 f"(first stored at {stored[job_id]:.2f})"
             )
