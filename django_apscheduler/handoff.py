@@ -608,7 +608,8 @@ def publish(
         if enqueued is None:
             taken_over()
             return None
-        new_id = enqueued  # ran inline, and taken over meanwhile: the row is the other's
+        # Ran inline: its run already moved the row past "Queued" (or a sweep took it).
+        new_id = enqueued
     logger.info("Execution %s handed to %s as task %s", execution_id, label, new_id)
     return HandOff(execution_id, label, new_id)
 
