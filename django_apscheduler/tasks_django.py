@@ -64,6 +64,11 @@ def _configured(task: Any, options: dict[str, Any]) -> Any:
     return task.using(**changes) if changes else task
 
 
+def _backend_of(task: Any, options: dict[str, Any]) -> Any:
+    """The backend instance ``task`` is enqueued on, with the job's options."""
+    return _module_of(task).task_backends[_configured(task, options).backend]
+
+
 class DjangoTasksEngine:
     """Hands fires to a Django Tasks backend (``TASKS`` setting) with ``Task.enqueue``."""
 
@@ -124,14 +129,12 @@ class DjangoTasksEngine:
             from django_tasks_db.models import DBTaskResult
         except (ImportError, ValueError, ImproperlyConfigured):
             return False
-        module = _module_of(task)
-        backend = module.task_backends[_configured(task, options).backend]
+        backend = _backend_of(task, options)
         return isinstance(backend, DatabaseBackend) and router.db_for_write(DBTaskResult) == using
 
     def runs_inline(self, task: Any, options: dict[str, Any]) -> bool:
         """True for the ``ImmediateBackend``, whose enqueue runs the task in this process."""
-        module = _module_of(task)
-        backend = module.task_backends[_configured(task, options).backend]
+        backend = _backend_of(task, options)
         immediate = tuple(
             importlib.import_module(f"{package.__name__}.backends.immediate").ImmediateBackend
             for package, _, _ in _modules
