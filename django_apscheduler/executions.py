@@ -24,7 +24,7 @@ import re
 import sys
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -374,9 +374,7 @@ def records_from_event(event: Any, started: float | None = None) -> list[Record]
 # an executor by DjangoJobStore.get_due_jobs run through ``instrument``'s
 # wrapper, which notes that moment; the listener then picks it up.
 
-_STARTS_LIMIT = 10_000
-_starts: OrderedDict[tuple[str, float], float] = OrderedDict()
-_starts_lock = threading.Lock()
+_starts: util.Recent[tuple[str, float], float] = util.Recent(10_000)
 
 
 def _note_start(
@@ -385,10 +383,7 @@ def _note_start(
     if not isinstance(run_time, datetime):
         return
     started = now_epoch()
-    with _starts_lock:
-        _starts[(job_id, run_time.timestamp())] = started
-        while len(_starts) > _STARTS_LIMIT:
-            _starts.popitem(last=False)
+    _starts.put((job_id, run_time.timestamp()), started)
     if signals.received("job_started"):
         # Sent from the recorder's thread, like the other signals: not in the job's.
         # The record also writes the run's "Started execution" row if the
@@ -433,8 +428,7 @@ def pop_start(job_id: str, run_time: datetime | None) -> float | None:
     """Return (and forget) when the run of ``job_id`` at ``run_time`` entered the job function."""
     if run_time is None:
         return None
-    with _starts_lock:
-        return _starts.pop((job_id, run_time.timestamp()), None)
+    return _starts.pop((job_id, run_time.timestamp()))
 
 
 def instrument(

@@ -711,6 +711,11 @@ def worker_identity() -> str:
 #: The row of the hand-off whose task this thread runs inline (``Engine.runs_inline``).
 _inline = threading.local()
 
+#: The row each task that started in this process runs for, from its start to
+#: its end: task id -> (pk, job id, run time, status). Its end is then recorded
+#: without looking the row up again.
+_rows_of_running: util.Recent[str, tuple[Any, str, datetime, str]] = util.Recent(10_000)
+
 
 def _wait_for_row(task_id: str, label: str | None, wait: float) -> Any:
     """The hand-off row of task ``task_id``: (pk, job id, run time, status), or None.
@@ -753,6 +758,7 @@ def worker_started(task_id: str, label: str | None = None, wait: float = ROW_WAI
     found = _wait_for_row(task_id, label, wait)
     if found is None:
         return False
+    _rows_of_running.put(task_id, found)
     pk, job_id, run_time, status = found
     using = router.db_for_write(DjangoJobExecution)
     started = db.run_resiliently(
@@ -788,7 +794,7 @@ def worker_finished(
     """Task ``task_id`` ended on this worker: record "Executed" or "Error!" on its row."""
     from django_apscheduler.models import DjangoJobExecution
 
-    found = _wait_for_row(task_id, label, wait)
+    found = _rows_of_running.pop(task_id) or _wait_for_row(task_id, label, wait)
     if found is None:
         return False
     _, job_id, run_time, _ = found

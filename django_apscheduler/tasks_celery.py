@@ -109,7 +109,7 @@ class CeleryEngine:
         return str(result.id)
 
     def connect_signals(self) -> None:
-        signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid=f"{__name__}.prerun")
+        signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid=_PRERUN_UID)
         signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid=f"{__name__}.postrun")
         signals.task_failure.connect(_on_failure, weak=False, dispatch_uid=f"{__name__}.failure")
 
@@ -122,7 +122,31 @@ def _ours(task_id: Any) -> bool:
     return isinstance(task_id, str) and task_id.startswith(TASK_ID_PREFIX)
 
 
+_PRERUN_UID = f"{__name__}.prerun"
+_prerun_is_last = False
+
+
+def _run_prerun_last() -> None:
+    """Move :func:`_on_prerun` behind the ``task_prerun`` receivers connected after it.
+
+    Celery's Django fixup, connected when the worker starts (after this app's
+    ``ready()``), closes every database connection before each task and after
+    it. Run before that close, the start's queries open a connection only to
+    lose it, and the task and its end open another. Run after it, one
+    connection serves the start, the task and the end, since
+    :func:`_on_postrun` runs before the fixup's closing. Moved once, at the
+    first task, when the worker has connected everything it connects.
+    """
+    global _prerun_is_last
+    if _prerun_is_last:
+        return
+    _prerun_is_last = True
+    signals.task_prerun.disconnect(dispatch_uid=_PRERUN_UID)
+    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid=_PRERUN_UID)
+
+
 def _on_prerun(sender: Any = None, task_id: Any = None, **kwargs: Any) -> None:
+    _run_prerun_last()  # from the next task on; Celery sends this one as it was
     if not _ours(task_id):
         return
     from django_apscheduler import handoff

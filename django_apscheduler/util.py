@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from collections import OrderedDict
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any, Callable, TypeVar, overload
+from typing import Any, Callable, Generic, TypeVar, overload
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
@@ -222,3 +224,36 @@ def close_old_connections(func: F) -> F:
             _close_old()
 
     return wrapper  # type: ignore[return-value]
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Recent(Generic[K, V]):
+    """A thread-safe mapping that keeps only its ``limit`` newest entries.
+
+    For what one part of a process notes for another to take later (a run's
+    start, a task's row) when the taker may never come: a lost entry costs
+    a lookup, never memory without bound.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._limit:
+                self._items.popitem(last=False)
+
+    def pop(self, key: K) -> V | None:
+        """The value noted for ``key``, forgotten here; None if there is none."""
+        with self._lock:
+            return self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)

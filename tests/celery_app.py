@@ -17,3 +17,13 @@ app = Celery("django_apscheduler_tests", include=["tests.handoff_tasks"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.set_current()
 app.set_default()
+
+# A test counts the database connections its worker opens: one line per connection.
+if os.environ.get("DJANGO_APSCHEDULER_TEST_CONNECTIONS_LOG"):
+    from django.db.backends.signals import connection_created
+
+    def _log_connection(sender, connection, **kwargs):
+        with open(os.environ["DJANGO_APSCHEDULER_TEST_CONNECTIONS_LOG"], "a") as out:
+            out.write(f"{os.getpid()} {connection.alias}\n")
+
+    connection_created.connect(_log_connection, weak=False)

@@ -21,7 +21,7 @@ import pytest
 from apscheduler.util import ref_to_obj
 from django.core import checks
 from django.db import connection
-from django.test.utils import override_settings
+from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone as dj_timezone
 
 from django_apscheduler import client, declared, handoff, signing, tasks_celery, util
@@ -168,6 +168,35 @@ def test_hand_off_commits_queued_then_enqueues_once(tmp_path):
     assert handoff.hand_off("once", run_time, ref, ["p"], {}, instance="other") is None
     assert task_results().count() == 1
     assert DjangoJobExecution.objects.filter(job_id="once").count() == 1
+
+
+@needs_tasks_db
+def test_a_task_end_is_recorded_without_looking_its_row_up_again():
+    """The worker found the row at the task's start; its end is written straight away."""
+    client.add_job(handoff_tasks.tasks_note, "interval", hours=1, id="ends", args=["p"])
+    ref = handoff.job_task_ref(client.get_job("ends"))
+    done = handoff.hand_off("ends", dj_timezone.now(), ref, ["p"], {}, instance="me")
+    assert done is not None and done.task_id
+    label = "django-tasks:default"
+    assert handoff.worker_started(done.task_id, label)
+    with CaptureQueriesContext(connection) as queries:
+        assert handoff.worker_finished(done.task_id, True, label=label)
+    lookups = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith("SELECT")]
+    assert not [sql for sql in lookups if done.task_id in sql or "task_id" in sql], lookups
+    row = DjangoJobExecution.objects.get(job_id="ends")
+    assert row.status == DjangoJobExecution.SUCCESS and row.task_id == done.task_id
+    # A task whose start this process did not see (another worker's): looked up as before.
+    assert not handoff.worker_finished("unknown-task", True, label=label, wait=0)
+
+
+def test_what_a_worker_notes_at_task_starts_is_bounded():
+    """A task whose end never comes (a lost delivery) leaves no memory behind for ever."""
+    noted: util.Recent[str, int] = util.Recent(3)
+    for n in range(5):
+        noted.put(f"task-{n}", n)
+    assert len(noted) == 3
+    assert noted.pop("task-0") is None and noted.pop("task-1") is None
+    assert noted.pop("task-4") == 4 and noted.pop("task-4") is None
 
 
 @needs_tasks_db

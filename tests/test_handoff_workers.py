@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter, defaultdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,36 @@ def test_a_repeated_celery_publish_lands_on_the_same_row(workers, tmp_path):
     assert row.pk == first.pk and row.task_id == done.task_id
     assert row.status == DjangoJobExecution.SUCCESS
     assert {run["task_id"] for run in runs(path)} == {done.task_id}
+
+
+def test_a_celery_worker_opens_one_connection_per_task(workers, tmp_path, monkeypatch):
+    """The start, the task and the end of a hand-off share one database connection.
+
+    Celery's Django fixup closes every connection before and after each task;
+    the worker's start record used to run before that close, so each task
+    opened two connections (its start's, then its end's).
+    """
+    if workers.engine != "celery":
+        pytest.skip("Celery's Django fixup closes the connections around each task")
+    path, connections = tmp_path / "runs.jsonl", tmp_path / "connections.log"
+    monkeypatch.setenv("DJANGO_APSCHEDULER_TEST_CONNECTIONS_LOG", str(connections))
+    workers.start()
+    client.add_job(workers.ref("note"), "interval", hours=1, id="each", args=[str(path)])
+    ref = handoff.job_task_ref(client.get_job("each"))
+    fires = 6
+    for n in range(fires):
+        run_time = dj_timezone.now() + timedelta(seconds=n)
+        assert handoff.hand_off("each", run_time, ref, [str(path)], {}) is not None
+        wait_until(lambda n=n: len(runs(path)) == n + 1, timeout=120)
+    ended = DjangoJobExecution.objects.filter(job_id="each", status__in=FINAL)
+    wait_until(lambda: ended.count() == fires, timeout=120)
+    workers.stop()
+    assert Counter(DjangoJobExecution.objects.values_list("status", flat=True)) == {
+        DjangoJobExecution.SUCCESS: fires
+    }
+    opened = connections.read_text().splitlines()
+    # One per task; the first task runs before the worker's receivers are in order.
+    assert len(opened) <= fires + 1, opened
 
 
 # --- processes ----------------------------------------------------------------------
