@@ -508,6 +508,7 @@ class Coordinator:
         self._store.run(register, "register the scheduler instance")
 
     def _housekeep(self) -> None:
+        db.serve_scheduler(self._store.db)
         poll, listen_poll = conf.poll_interval(), conf.listen_poll_interval()
         beat = conf.heartbeat_interval()
         reap = max(conf.lease_time(), beat)

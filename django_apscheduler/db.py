@@ -11,6 +11,7 @@ operation again on a fresh one, with a growing pause between attempts.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime
 from decimal import Decimal
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, connections
+from django.db.backends.signals import connection_created
 from django.db.models import (
     CharField,
     DateTimeField,
@@ -37,6 +39,51 @@ T = TypeVar("T")
 
 _FIRST_PAUSE = 0.05
 _LONGEST_PAUSE = 2.0
+
+# --- the scheduler's own sessions --------------------------------------------------
+
+_serving = threading.local()
+
+#: A scheduler's session idle inside a transaction this many leases is ended
+#: by the server (``Backend.bound_idle_transactions``): its process froze
+#: long enough to have been taken for dead, and its row locks would keep the
+#: jobs from the schedulers that took over. Well above any pause of a live one.
+IDLE_TRANSACTION_LEASES = 2
+
+
+def serve_scheduler(using: str) -> None:
+    """Mark the calling thread as one that does only a scheduler's own database work.
+
+    Its sessions, the current one on ``using`` and every one it opens later,
+    are ended by the server if they idle inside a transaction for
+    :data:`IDLE_TRANSACTION_LEASES` leases. Only threads of the scheduler
+    are marked (its dispatch loop, housekeeping, recorder and hand-off
+    threads), never a thread running jobs or serving requests, whose
+    transactions are the user's.
+    """
+    if getattr(_serving, "marked", False):
+        return
+    _serving.marked = True
+    connection = connections[using]
+    if connection.connection is not None:
+        _bound(connection)
+
+
+def _bound(connection: Any) -> None:
+    seconds = IDLE_TRANSACTION_LEASES * conf.lease_time()
+    try:
+        backends.for_alias(connection.alias).bound_idle_transactions(connection, seconds)
+    except DatabaseError:
+        # The next statement meets the same problem and is retried as usual.
+        logger.warning("Could not limit idle transactions on %r", connection.alias, exc_info=True)
+
+
+def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    if getattr(_serving, "marked", False):
+        _bound(connection)
+
+
+connection_created.connect(_on_connection_created, dispatch_uid=f"{__name__}.bound")
 
 
 def run_resiliently(

@@ -639,6 +639,7 @@ class ExecutionRecorder:
         return self.flush(timeout)
 
     def _run(self) -> None:
+        db.serve_scheduler(router.db_for_write(DjangoJobExecution))
         while True:
             with self._cond:
                 while not self._queue:

@@ -372,6 +372,9 @@ def _handoff_pool() -> concurrent.futures.ThreadPoolExecutor:
 def _hand_off_logged(
     job_id: str, run_time: Any, ref: TaskRef, args: Any, kwargs: Any, instance: str | None
 ) -> None:
+    from django_apscheduler.models import DjangoJobExecution
+
+    db.serve_scheduler(router.db_for_write(DjangoJobExecution))
     try:
         hand_off(job_id, run_time, ref, args, kwargs, instance)
     except Exception:

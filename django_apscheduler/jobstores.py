@@ -294,14 +294,18 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
         in its thread the work is retried for as long as the scheduler runs.
         """
         patient = self._round.in_round()
-        return self.off_the_loop(
-            lambda: db.run_resiliently(
+
+        def work() -> Any:
+            if patient:  # the dispatch loop's thread (or the store's, under an event loop)
+                db.serve_scheduler(self.db)
+            return db.run_resiliently(
                 operation,
                 using=self.db,
                 description=description,
                 keep_trying=(lambda: patient and self.scheduler_running()),
             )
-        )
+
+        return self.off_the_loop(work)
 
     def off_the_loop(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` here, or on the store's worker thread if this thread runs an event loop.

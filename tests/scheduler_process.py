@@ -17,6 +17,9 @@ without one and whose ``until`` is the end. Several processes then start
 their schedule together however long each took to get ready, with no fixed
 head start in the test.
 
+With ``config["freeze_in_row_lock"]`` (a path) the process stops itself
+(SIGSTOP) inside its first row-locking transaction after that file appears.
+
 Job functions used by the tests live here too; they write what they did to
 files, one line per event, so runs in any process can be compared.
 """
@@ -160,11 +163,44 @@ def _stop_at(scheduler: Any, until: float, stop: str | None) -> None:
     scheduler.shutdown()
 
 
+def _freeze_inside_a_row_lock(marker: str) -> None:
+    """Once ``marker`` exists, stop this whole process (SIGSTOP) right after a row-locking SELECT.
+
+    The process then sits inside the transaction holding those row locks, as
+    one does that a debugger, a paused VM or container, or heavy swapping
+    froze there. Only the moment is chosen here; the freeze is the OS's.
+    """
+    import signal
+
+    from django.db.backends.signals import connection_created
+
+    frozen: list[bool] = []
+
+    def freeze_after_locking(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        locking = " FOR " in sql and "UPDATE" in sql
+        if frozen or not locking or not os.path.exists(marker):
+            return result
+        if (getattr(context["cursor"], "rowcount", 0) or 0) > 0:  # it locked rows
+            frozen.append(True)
+            print(f"scheduler process {os.getpid()} freezes inside a row lock", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return result
+
+    def wrap(sender: Any, connection: Any, **kwargs: Any) -> None:
+        if freeze_after_locking not in connection.execute_wrappers:  # once per wrapper
+            connection.execute_wrappers.append(freeze_after_locking)
+
+    connection_created.connect(wrap, weak=False)
+
+
 def main(config: dict[str, Any]) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
     import django
 
     django.setup()
+    if config.get("freeze_in_row_lock"):
+        _freeze_inside_a_row_lock(config["freeze_in_row_lock"])
 
     from apscheduler.events import (
         EVENT_JOB_ADDED,

@@ -383,6 +383,63 @@ def test_max_instances_holds_across_processes(processes, tmp_path):
     print(f"\noverlap on {connection.vendor}: {len(done)} runs by {Counter(r[0] for r in done)}")
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_process_frozen_inside_a_row_lock_loses_its_jobs_to_the_others(
+    processes, tmp_path, vendor
+):
+    """A scheduler stops (SIGSTOP) inside a transaction that locks job rows: the others take over.
+
+    A frozen process (a debugger, a paused VM or container, heavy swapping)
+    keeps its session and with it the row locks of its transaction. The
+    other schedulers skip locked rows when they claim, so the jobs it had
+    locked stopped firing until it ran again (none of 30 jobs fired in 25 s).
+    The server now ends a scheduler's session that idles two leases inside a
+    transaction, which frees its rows.
+    """
+    if vendor == "sqlite":
+        pytest.skip(
+            "SQLite locks the whole file: a process frozen inside a write stops every "
+            "other writer until it runs again, and nothing but that process can end it"
+        )
+    timing = {
+        "APSCHEDULER_LEASE_TIME": 4,
+        "APSCHEDULER_HEARTBEAT_INTERVAL": 1,
+        "APSCHEDULER_POLL_INTERVAL": 1,
+    }
+    marker = tmp_path / "freeze"
+    jobs = [_interval(f"job-{i:02d}", None) for i in range(20)]
+    configs = [{"jobs": jobs, "freeze_in_row_lock": str(marker)}, {"jobs": jobs}]
+    processes.settings.update(timing)
+    processes.start_together(configs, seconds=180)
+    victim, other = (proc.pid for proc in processes.procs)
+    wait_until(lambda: any(e["pid"] == victim for e in processes.submitted()), timeout=60)
+    marker.touch()
+    wait_until(lambda: _stopped(victim), timeout=60)
+    frozen_at = time.time()
+
+    def every_job_fired_elsewhere_since() -> bool:
+        since = [e for e in processes.submitted() if e["t"] > frozen_at and e["pid"] == other]
+        return {e["job"] for e in since} == {job["id"] for job in jobs}
+
+    # Two leases until the server ends the frozen session, then a claim: a bound.
+    wait_until(every_job_fired_elsewhere_since, timeout=2 * timing["APSCHEDULER_LEASE_TIME"] + 40)
+    assert _stopped(victim)
+    taken_over_at = time.time()
+    os.kill(victim, signal.SIGCONT)
+    time.sleep(3)  # it wakes up to an ended session and jobs that are no longer its own
+    processes.stop()
+    # No fire after the takeover ran twice: the woken process did not take its jobs back.
+    fires = _fires(processes.submitted())
+    twice = sorted(fire for fire, count in fires.items() if count > 1 and fire[1] > taken_over_at)
+    assert not twice, twice
+    assert "freezes inside a row lock" in processes.log()
+
+
 @pytest.fixture
 def writer():
     """A scheduler started paused in the test process: it writes jobs, never runs them."""

@@ -501,3 +501,55 @@ def test_jobs_survive_a_long_sqlite_lock(make_scheduler, vendor, lock, session_s
     scheduler.shutdown(wait=True)
     _assert_every_run_logged(("tick",))
     _assert_nothing_given_up(caplog)
+
+
+def _idle_transaction_limit() -> str:
+    """This thread's session's limit on idling inside a transaction, as the server says it."""
+    query = {
+        "postgresql": "SHOW idle_in_transaction_session_timeout",
+        "mysql": "SELECT @@SESSION.idle_transaction_timeout",
+    }[connection.vendor]
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        return str(cursor.fetchone()[0])
+
+
+_limits_seen: dict[str, str] = {}
+
+
+def note_the_jobs_limit() -> None:
+    _limits_seen["job"] = _idle_transaction_limit()
+
+
+def test_only_the_schedulers_own_sessions_are_ended_when_idle_in_a_transaction(
+    make_scheduler, vendor
+):
+    """The dispatch loop's session is limited (two leases); a job's and the caller's are not.
+
+    A frozen scheduler must not keep the row locks of its transaction for
+    ever (test_multiprocess: ``..._frozen_inside_a_row_lock_...``), but
+    the transactions of job code and of the code that calls the store are
+    the user's: they may idle as long as they like.
+    """
+    if vendor == "sqlite":
+        pytest.skip("SQLite has no server to end a session")
+    from apscheduler.events import EVENT_JOB_SUBMITTED
+
+    from django_apscheduler import conf
+
+    seen = _limits_seen
+    seen.clear()
+    unlimited = "0"
+
+    def at_submission(event) -> None:  # APScheduler sends it from its dispatch loop's thread
+        seen.setdefault("dispatch loop", _idle_transaction_limit())
+
+    scheduler = make_scheduler(start=False)
+    scheduler.add_listener(at_submission, EVENT_JOB_SUBMITTED)
+    scheduler.start()
+    scheduler.add_job(note_the_jobs_limit, "date", run_date=datetime.now(timezone.utc), id="limits")
+    wait_until(lambda: "job" in seen and "dispatch loop" in seen, timeout=30)
+    seen["caller"] = _idle_transaction_limit()
+    limit = 2 * conf.lease_time()
+    expected = f"{limit:g}s" if vendor == "postgresql" else f"{limit:g}"
+    assert seen == {"job": unlimited, "dispatch loop": expected, "caller": unlimited}, seen
