@@ -481,17 +481,16 @@ class Backend:
         """
         return False
 
-    def bound_idle_transactions(self, wrapper: Any, seconds: float) -> bool:
+    def bound_idle_transactions(self, wrapper: Any, seconds: float) -> None:
         """Have the server end this session once it idles ``seconds`` inside a transaction.
 
         A scheduler process that freezes (SIGSTOP, a paused VM or container)
         in the middle of a transaction keeps its row locks: the jobs it was
         claiming or writing back could then not be taken over by any other
         scheduler, which skips locked rows, until it woke up. Ending such a
-        session frees them. Returns whether the database can; only the
-        scheduler's own connections get this (see ``db.serve_scheduler``).
+        session frees them; a database without such a limit does nothing.
+        Only the scheduler's own connections get this (``db.serve_scheduler``).
         """
-        return False
 
     def is_retryable(self, exc: BaseException) -> bool:
         """True if ``exc`` means "the connection was lost" or "try again later".
@@ -663,13 +662,12 @@ class PostgreSQLBackend(Backend):
         {"53300", "57P01", "57P02", "57P03", "57P05", "25P03", "40001", "40P01", "55P03"}
     )
 
-    def bound_idle_transactions(self, wrapper: Any, seconds: float) -> bool:
+    def bound_idle_transactions(self, wrapper: Any, seconds: float) -> None:
         with wrapper.cursor() as cursor:  # set_config: a parameter, whatever the binding
             cursor.execute(
                 "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
                 [str(max(1, round(seconds * 1000)))],
             )
-        return True
 
     def insert_many(
         self,
@@ -824,16 +822,15 @@ class MySQLBackend(Backend):
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
         return code is None or code in self._RETRY_CODES
 
-    def bound_idle_transactions(self, wrapper: Any, seconds: float) -> bool:
+    def bound_idle_transactions(self, wrapper: Any, seconds: float) -> None:
         # MariaDB 10.3 and later; MySQL has no such limit (its lock waits end
         # after innodb_lock_wait_timeout, but a claim skips locked rows).
         if not wrapper.mysql_is_mariadb or wrapper.mysql_version < (10, 3):
-            return False
+            return
         with wrapper.cursor() as cursor:
             cursor.execute(
                 "SET SESSION idle_transaction_timeout = %s", [max(1, math.ceil(seconds))]
             )
-        return True
 
     def run_lock_session(self, using: str) -> RunLockSession:
         return _MySQLRunLockSession(using)

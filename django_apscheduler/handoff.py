@@ -363,18 +363,24 @@ def _handoff_pool() -> concurrent.futures.ThreadPoolExecutor:
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():  # a forked child has no threads
             _pool = concurrent.futures.ThreadPoolExecutor(
-                HANDOFF_THREADS, thread_name_prefix="django_apscheduler-handoff"
+                HANDOFF_THREADS,
+                thread_name_prefix="django_apscheduler-handoff",
+                initializer=_serve_scheduler,
             )
             _pool_pid = os.getpid()
         return _pool
 
 
-def _hand_off_logged(
-    job_id: str, run_time: Any, ref: TaskRef, args: Any, kwargs: Any, instance: str | None
-) -> None:
+def _serve_scheduler() -> None:
+    """Each hand-off thread works for the scheduler only (see ``db.serve_scheduler``)."""
     from django_apscheduler.models import DjangoJobExecution
 
     db.serve_scheduler(router.db_for_write(DjangoJobExecution))
+
+
+def _hand_off_logged(
+    job_id: str, run_time: Any, ref: TaskRef, args: Any, kwargs: Any, instance: str | None
+) -> None:
     try:
         hand_off(job_id, run_time, ref, args, kwargs, instance)
     except Exception:
