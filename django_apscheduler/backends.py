@@ -915,4 +915,9 @@ _DEFAULT = Backend()
 
 def for_alias(using: str) -> Backend:
     """Return the :class:`Backend` for database alias ``using``."""
-    return _BACKENDS.get(connections[using].vendor, _DEFAULT)
+    return for_connection(connections[using])
+
+
+def for_connection(wrapper: Any) -> Backend:
+    """Return the :class:`Backend` for the Django connection ``wrapper`` (of any alias)."""
+    return _BACKENDS.get(wrapper.vendor, _DEFAULT)

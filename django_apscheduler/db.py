@@ -72,7 +72,7 @@ def serve_scheduler(using: str) -> None:
 def _bound(connection: Any) -> None:
     seconds = IDLE_TRANSACTION_LEASES * conf.lease_time()
     try:
-        backends.for_alias(connection.alias).bound_idle_transactions(connection, seconds)
+        backends.for_connection(connection).bound_idle_transactions(connection, seconds)
     except DatabaseError:
         # The next statement meets the same problem and is retried as usual.
         logger.warning("Could not limit idle transactions on %r", connection.alias, exc_info=True)

@@ -549,7 +549,15 @@ def test_only_the_schedulers_own_sessions_are_ended_when_idle_in_a_transaction(
     scheduler.start()
     scheduler.add_job(note_the_jobs_limit, "date", run_date=datetime.now(timezone.utc), id="limits")
     wait_until(lambda: "job" in seen and "dispatch loop" in seen, timeout=30)
-    seen["caller"] = _idle_transaction_limit()
+
+    # A thread that calls the store (a view's): one that never ran a dispatch round.
+    def call() -> None:
+        seen["caller"] = _idle_transaction_limit()
+        connection.close()
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    caller.join()
     limit = 2 * conf.lease_time()
     expected = f"{limit:g}s" if vendor == "postgresql" else f"{limit:g}"
     assert seen == {"job": unlimited, "dispatch loop": expected, "caller": unlimited}, seen
