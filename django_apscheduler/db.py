@@ -57,9 +57,10 @@ def serve_scheduler(using: str) -> None:
     Its sessions, the current one on ``using`` and every one it opens later,
     are ended by the server if they idle inside a transaction for
     :data:`IDLE_TRANSACTION_LEASES` leases. Only threads of the scheduler
-    are marked (its dispatch loop, housekeeping, recorder and hand-off
-    threads), never a thread running jobs or serving requests, whose
-    transactions are the user's.
+    are marked (its dispatch loop, housekeeping and recorder threads), never
+    a thread running jobs or serving requests, whose transactions are the
+    user's, nor a hand-off thread, which waits for the broker inside a
+    transaction.
     """
     if getattr(_serving, "marked", False):
         return

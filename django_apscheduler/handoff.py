@@ -362,20 +362,13 @@ def _handoff_pool() -> concurrent.futures.ThreadPoolExecutor:
     global _pool, _pool_pid
     with _pool_lock:
         if _pool is None or _pool_pid != os.getpid():  # a forked child has no threads
+            # Not db.serve_scheduler's: a hand-off waits for the broker inside its
+            # row's transaction, for as long as the broker takes.
             _pool = concurrent.futures.ThreadPoolExecutor(
-                HANDOFF_THREADS,
-                thread_name_prefix="django_apscheduler-handoff",
-                initializer=_serve_scheduler,
+                HANDOFF_THREADS, thread_name_prefix="django_apscheduler-handoff"
             )
             _pool_pid = os.getpid()
         return _pool
-
-
-def _serve_scheduler() -> None:
-    """Each hand-off thread works for the scheduler only (see ``db.serve_scheduler``)."""
-    from django_apscheduler.models import DjangoJobExecution
-
-    db.serve_scheduler(router.db_for_write(DjangoJobExecution))
 
 
 def _hand_off_logged(
