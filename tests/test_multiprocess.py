@@ -413,14 +413,20 @@ def test_a_process_frozen_inside_a_row_lock_loses_its_jobs_to_the_others(
     }
     marker = tmp_path / "freeze"
     jobs = [_interval(f"job-{i:02d}", None) for i in range(20)]
-    configs = [{"jobs": jobs, "freeze_in_row_lock": str(marker)}, {"jobs": jobs}]
     processes.settings.update(timing)
-    processes.start_together(configs, seconds=180)
-    victim, other = (proc.pid for proc in processes.procs)
+    # The victim runs alone until it freezes, so it claims every due job each
+    # round and its frozen claim locks them all. (Started together, the other
+    # process could win every claim under load, and the victim never froze.)
+    _, until = processes.start_together(
+        [{"jobs": jobs, "freeze_in_row_lock": str(marker)}], seconds=180
+    )
+    victim = processes.procs[0].pid
     wait_until(lambda: any(e["pid"] == victim for e in processes.submitted()), timeout=60)
     marker.touch()
     wait_until(lambda: _stopped(victim), timeout=60)
     frozen_at = time.time()
+    # The other scheduler adds no job: it dispatches the rows the victim stored.
+    other = processes.start({"jobs": [], "until": until})
 
     def every_job_fired_elsewhere_since() -> bool:
         since = [e for e in processes.submitted() if e["t"] > frozen_at and e["pid"] == other]
