@@ -138,15 +138,20 @@ def test_worker_exiting_while_its_job_runs_keeps_the_job(processes, tmp_path):
     start the job until that run has ended, and must run it afterwards.
     """
     start = math.ceil(time.time()) + 4
-    path = tmp_path / "hold.jsonl"
-    job = _interval("hold", start, 1, func="log_run", args=[str(path), 10])
+    path, enough = tmp_path / "hold.jsonl", tmp_path / "enough"
+    # The run lasts until the test has seen the other scheduler try the job (a
+    # fixed 10 s run could end first on a loaded machine, before the other
+    # process had even started), or until a generous bound.
+    args = [str(path), start + 90, str(enough)]
+    job = _interval("hold", start, 1, func="run_until", args=args)
     worker = processes.start(
-        {"jobs": [job], "until": start + 60, "exit_after_start": {"runs": str(path)}}, FAST
+        {"jobs": [job], "until": start + 100, "exit_after_start": {"runs": str(path)}}, FAST
     )
     wait_until(lambda: read_lines(str(path)), timeout=30)
-    other = processes.start({"jobs": [job], "until": start + 120}, FAST)
+    other = processes.start({"jobs": [job], "until": start + 160}, FAST)
     # The worker's main thread has returned: its scheduler is shut down, its claim released.
-    wait_until(lambda: refused_elsewhere() or started_by_other(path, worker), timeout=30)
+    wait_until(lambda: refused_elsewhere() or started_by_other(path, worker), timeout=60)
+    enough.touch()  # the run ends; the other's runs end as soon as they start
     processes.procs[0].wait(60)  # exits once its run ended
     wait_until(lambda: started_by_other(path, worker), timeout=30)  # the job is not lost
     processes.stop()  # the other's run finishes first
