@@ -523,8 +523,8 @@ def publish(
 
     ``owner`` is the scheduler instance the row names: the row is enqueued
     only while it still does (a sweep takes a dead scheduler's rows over by
-    naming itself). The row stays locked from that check until the note
-    commits, whatever the engine: a sweep that takes a scheduler for dead
+    naming itself). The row stays locked from that check until the note,
+    written before the enqueue, commits, whatever the engine: a sweep that takes a scheduler for dead
     while it enqueues waits for the lock, then finds the row noted, so the
     task is never enqueued twice. The enqueue itself is never repeated (a
     failure that hid a success would enqueue twice); a failed one marks the
@@ -583,12 +583,20 @@ def publish(
                 # A retry whose first attempt committed: enqueued already, as noted.
                 return noted.exclude(handed_off_at=None).values_list("task_id", flat=True).first()
             if enqueued is not None:
-                new_id = enqueued  # a retry after the enqueue: only the note is left
-            else:
-                new_id = engine.enqueue(task, args, kwargs, options, task_id)
-                if not transactional:
-                    enqueued = new_id
-            rows.note_enqueued(new_id, label)
+                rows.note_enqueued(enqueued, label)  # a retry after the enqueue: only the note
+                return enqueued
+            # The note is written before the enqueue, so that every lock it takes
+            # is held before the one step that cannot be undone. Written after,
+            # its update of the hand-off index could deadlock on MariaDB with a
+            # sweep that had locked the index entry and waited for the row: the
+            # server then rolled the note back, the sweep took the row over and
+            # the task was enqueued twice.
+            rows.note_enqueued(task_id, label)
+            new_id = engine.enqueue(task, args, kwargs, options, task_id)
+            if not transactional:
+                enqueued = new_id
+            if new_id != task_id:  # the engine named the task itself
+                executions_.filter(pk=execution_id).rename_task(new_id)
         return new_id
 
     try:

@@ -622,11 +622,15 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             status=DjangoJobExecution.SENT, instance=worker
         )
 
-    def note_enqueued(self, task_id: str, backend: str) -> int:
+    def note_enqueued(self, task_id: str | None, backend: str) -> int:
         """Note on the selected hand-offs that their task was enqueued as ``task_id``."""
         return self.update(
             task_id=task_id, task_backend=backend, handed_off_at=timezone.now(), task_call=None
         )
+
+    def rename_task(self, task_id: str) -> int:
+        """Note the id the task engine gave the selected hand-offs' task, once enqueued."""
+        return self.update(task_id=task_id)
 
     def fail_handoff(self, reason: str) -> int:
         """Mark the selected hand-offs "Error!": their task could not be enqueued (``reason``)."""

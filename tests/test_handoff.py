@@ -12,6 +12,8 @@ import json
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -528,6 +530,127 @@ def test_a_sweep_while_a_live_scheduler_enqueues_does_not_enqueue_the_task_again
             racing.sweeper.kill()
         with handoff_tasks.celery_note.app.connection_for_write() as connection:
             connection.default_channel.client.delete(queue)
+
+
+class _LockedThroughTheIndexDuringEnqueue:
+    """The Celery engine, but another session locks the row through its hand-off index meanwhile.
+
+    That is what a sweep's take-over did on MariaDB when the optimizer chose
+    the ``dja_execution_handoff`` index: it locked the row's index entry, then
+    waited for the row, which the publisher holds until its note commits.
+    The locking read is forced through that index here, so it happens every
+    time; elsewhere it is the same read, on rows.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.enqueues = 0
+        self.errors: list[Exception] = []
+        self.thread: threading.Thread | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def _lock_through_the_index(self, waiting: threading.Event) -> None:
+        from django.db import connections
+
+        from django_apscheduler import backends
+
+        backend = backends.for_alias("default")
+        waiting.set()  # on SQLite, the transaction's start already waits
+        try:
+            with backend.write_transaction("default"):
+                if connections["default"].vendor == "mysql":
+                    table = DjangoJobExecution._meta.db_table
+                    with connections["default"].cursor() as cursor:
+                        cursor.execute(
+                            f"SELECT id FROM {table} FORCE INDEX (dja_execution_handoff) "
+                            "WHERE status = %s AND handed_off_at IS NULL FOR UPDATE",
+                            [DjangoJobExecution.QUEUED],
+                        )
+                        cursor.fetchall()
+                else:
+                    unpublished = DjangoJobExecution.objects.unpublished()
+                    list(backend.lock_for_write(unpublished, "default").values_list("pk"))
+        except Exception as exc:
+            self.errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def _waiting_reads(self) -> int:
+        if connection.vendor != "mysql":
+            return 0
+        # The process list: INNODB_TRX, read from this session inside its
+        # transaction, did not show the waiting one (MariaDB 10.11).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                "WHERE INFO LIKE %s AND TIME_MS > 300",
+                ["%FORCE INDEX (dja_execution_handoff)%"],
+            )
+            return cursor.fetchone()[0]
+
+    def enqueue(self, *args: Any) -> str:
+        self.enqueues += 1
+        new_id = self.engine.enqueue(*args)
+        waiting = threading.Event()
+        self.thread = threading.Thread(target=self._lock_through_the_index, args=(waiting,))
+        self.thread.start()
+        waiting.wait(30)
+        if connection.vendor == "mysql":
+            wait_until(lambda: self._waiting_reads() > 0 or not self.thread.is_alive(), timeout=30)
+        else:
+            time.sleep(1)  # its read waits for this transaction's lock
+        return new_id
+
+
+def test_a_session_locking_the_row_through_its_index_during_the_enqueue_deadlocks_nothing(
+    caplog,
+):
+    """The note of an enqueued hand-off cannot be rolled back by a deadlock.
+
+    Seen in CI on MariaDB: a sweep locked the row's hand-off index entry and
+    waited for the row; the publisher's note, written after the enqueue,
+    needed that entry. The server ended the deadlock by rolling the note back,
+    the sweep took the row over, and the task was enqueued a second time. The
+    note is now written before the enqueue, so the other session simply waits.
+    """
+    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
+    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
+    client.add_job(ref, "interval", hours=1, id="locked", args=["unused"])
+    run_time = dj_timezone.now()
+    stored = util.get_django_internal_datetime(run_time)
+    task_id = tasks_celery.derived_task_id("locked", stored)
+    row = DjangoJobExecution.objects.create(
+        job_id="locked",
+        run_time=stored,
+        status=DjangoJobExecution.QUEUED,
+        instance="owner:1:x",
+        task_backend="celery",
+        task_id=task_id,
+        task_call=signing.seal("handoff-call:locked", pickle.dumps((ref, ("unused",), {}))),
+    )
+    task, engine = ref_to_obj(ref).resolve()
+    locking = _LockedThroughTheIndexDuringEnqueue(engine)
+    try:
+        done = handoff.publish(
+            row.pk, task, locking, {"queue": queue}, ("unused",), {}, task_id, "owner:1:x"
+        )
+        assert locking.thread is not None
+        locking.thread.join(60)
+        assert not locking.thread.is_alive()
+        assert not locking.errors, locking.errors  # the other session was not rolled back
+        retried = [r.getMessage() for r in caplog.records if "trying to enqueue" in r.getMessage()]
+        assert not retried, retried  # nor was the publisher's note
+        assert locking.enqueues == 1
+        assert done is not None and done.task_id == task_id
+        row.refresh_from_db()
+        assert row.handed_off_at is not None and row.task_id == task_id and row.task_call is None
+        with handoff_tasks.celery_note.app.connection_for_read() as broker:
+            assert broker.default_channel.client.llen(queue) == 1
+    finally:
+        with handoff_tasks.celery_note.app.connection_for_write() as broker:
+            broker.default_channel.client.delete(queue)
 
 
 def _ran_in_transaction(path: Path) -> list[bool]:
