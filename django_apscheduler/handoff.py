@@ -632,7 +632,8 @@ def sweep(instance: str | None = None) -> tuple[int, int]:
 
     Returns (enqueued, lost). Run by every scheduler's housekeeping (at each
     retirement round) and safe from several processes at once: each row is
-    taken over with a conditional update first.
+    taken over first, under its row lock, and a row another session holds is
+    left to a later sweep.
     """
     from django_apscheduler.models import DjangoJobExecution, DjangoSchedulerInstance
 
@@ -656,20 +657,17 @@ def sweep(instance: str | None = None) -> tuple[int, int]:
     ]
     enqueued = 0
     for row in orphans:
-        taken = (
-            executions_.unpublished()
-            .filter(pk=row.pk, instance=row.instance)
-            .update(instance=instance)
-        )
-        if not taken:
-            continue  # another sweep took it
+        if not _take_over(row, instance, using):
+            continue
         row.instance = instance
         if _republish(row):
             enqueued += 1
     cutoff = now - timedelta(seconds=conf.handoff_lost_after())
-    lost = executions_.unfinished_handoffs(cutoff).mark_lost(
+    lost = _mark_lost(
+        executions_.unfinished_handoffs(cutoff),
         f"Lost: the task was enqueued and its worker did not report its end within "
-        f"APSCHEDULER_HANDOFF_LOST_AFTER ({conf.handoff_lost_after():g} s)."
+        f"APSCHEDULER_HANDOFF_LOST_AFTER ({conf.handoff_lost_after():g} s).",
+        using,
     )
     if enqueued or lost:
         logger.warning(
@@ -678,6 +676,46 @@ def sweep(instance: str | None = None) -> tuple[int, int]:
             lost,
         )
     return enqueued, lost
+
+
+def _take_over(row: Any, instance: str | None, using: str) -> bool:
+    """Name ``instance`` as the scheduler of an orphaned hand-off; False if it is not to be had.
+
+    Not to be had: another sweep took it, or a session holds its row, which
+    is its own scheduler enqueueing it (taken for dead, it is not). That row is
+    skipped, not waited for: the sweep runs in the housekeeping thread, whose
+    heartbeat must not wait on a broker. A later sweep looks at it again.
+    """
+    from django_apscheduler.models import DjangoJobExecution
+
+    backend = backends.for_alias(using)
+    executions_ = DjangoJobExecution.objects.using(using)
+    with backend.write_transaction(using):
+        orphan = executions_.unpublished().filter(pk=row.pk, instance=row.instance)
+        if not list(backend.lock_unclaimed(orphan, using).values_list("pk", flat=True)):
+            return False
+        executions_.filter(pk=row.pk).update(instance=instance)
+    return True
+
+
+def _mark_lost(overdue: Any, reason: str, using: str) -> int:
+    """Mark the ``overdue`` hand-offs "Lost", leaving those whose rows another session holds.
+
+    A plain read first, which waits for nobody: an idle sweep costs one
+    statement. An UPDATE over the hand-off index waited on MariaDB for every
+    row a publisher held, even one far from overdue; the rows are locked
+    skipping those instead (a later sweep looks at them again).
+    """
+    from django_apscheduler.models import DjangoJobExecution
+
+    if not overdue.exists():
+        return 0
+    backend = backends.for_alias(using)
+    with backend.write_transaction(using):
+        ids = list(backend.lock_unclaimed(overdue, using).values_list("pk", flat=True))
+        if not ids:
+            return 0
+        return DjangoJobExecution.objects.using(using).filter(pk__in=ids).mark_lost(reason)
 
 
 def _republish(row: Any) -> bool:

@@ -458,10 +458,12 @@ class _SweptDuringEnqueue:
     would, and this waits for it (at most a few seconds, as it may wait on a lock).
     """
 
-    def __init__(self, engine: Any, marker: Any) -> None:
+    def __init__(self, engine: Any, marker: Any, patience: float = 5) -> None:
         self.engine = engine
         self.marker = marker
+        self.patience = patience
         self.sweeper: subprocess.Popen | None = None
+        self.swept_during_enqueue = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
@@ -478,7 +480,8 @@ class _SweptDuringEnqueue:
         )
         wait_until(lambda: self.marker.exists() or self.sweeper.poll() is not None, timeout=120)
         try:
-            self.sweeper.wait(5)
+            self.sweeper.wait(self.patience)
+            self.swept_during_enqueue = True
         except subprocess.TimeoutExpired:
             pass  # waiting for this transaction's lock on the row: it ends after the note
         return new_id
@@ -530,6 +533,59 @@ def test_a_sweep_while_a_live_scheduler_enqueues_does_not_enqueue_the_task_again
             racing.sweeper.kill()
         with handoff_tasks.celery_note.app.connection_for_write() as connection:
             connection.default_channel.client.delete(queue)
+
+
+def test_a_sweep_does_not_wait_for_a_row_its_live_publisher_holds(tmp_path, vendor):
+    """The sweep leaves a row whose scheduler is enqueueing it, instead of waiting for its lock.
+
+    The sweep runs in a scheduler's housekeeping thread, which also beats its
+    heartbeat: waiting there for another scheduler's broker (slow, or down and
+    retried) stopped the heartbeat, and the sweeping scheduler could be taken
+    for dead in turn. SQLite has one write lock for the whole database, so the
+    sweep's take-over waits for it there.
+    """
+    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
+    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
+    client.add_job(ref, "interval", hours=1, id="held", args=[str(tmp_path / "runs")])
+    stored = util.get_django_internal_datetime(dj_timezone.now() - timedelta(seconds=1))
+    task_id = tasks_celery.derived_task_id("held", stored)
+    row = DjangoJobExecution.objects.create(
+        job_id="held",
+        run_time=stored,
+        status=DjangoJobExecution.QUEUED,
+        instance="slow:1:x",  # no heartbeat on record: the sweep takes it for dead
+        task_backend="celery",
+        task_id=task_id,
+        task_call=signing.seal(
+            "handoff-call:held", pickle.dumps((ref, (str(tmp_path / "runs"),), {}))
+        ),
+    )
+    task, engine = ref_to_obj(ref).resolve()
+    # Up to 60 s for the sweep to end while this enqueue goes on (5 s on SQLite).
+    racing = _SweptDuringEnqueue(
+        engine, tmp_path / "sweeping", patience=5 if vendor == "sqlite" else 60
+    )
+    try:
+        done = handoff.publish(
+            row.pk, task, racing, {"queue": queue}, (str(tmp_path / "runs"),), {}, task_id,
+            "slow:1:x",
+        )  # fmt: skip
+        assert racing.sweeper is not None
+        output, _ = racing.sweeper.communicate(timeout=120)
+        assert racing.sweeper.returncode == 0, output
+        assert "sweep: (0, 0)" in output, output
+        if vendor != "sqlite":
+            assert racing.swept_during_enqueue, "the sweep waited for the publisher's row lock"
+        assert done is not None and done.task_id == task_id
+        row.refresh_from_db()
+        assert row.instance == "slow:1:x" and row.handed_off_at is not None
+        with handoff_tasks.celery_note.app.connection_for_read() as broker:
+            assert broker.default_channel.client.llen(queue) == 1
+    finally:
+        if racing.sweeper is not None and racing.sweeper.poll() is None:
+            racing.sweeper.kill()
+        with handoff_tasks.celery_note.app.connection_for_write() as broker:
+            broker.default_channel.client.delete(queue)
 
 
 class _LockedThroughTheIndexDuringEnqueue:
