@@ -234,12 +234,18 @@ def test_storm_every_fire_exactly_once(processes, use_tz):
     # (Within 5 s: a loaded machine can starve all four processes for seconds.)
     assert last >= until - 5, f"dispatch stopped at {last:.2f}, before the end ({until})"
     lag = max(e["t"] - max(e["run_times"]) for e in events if e["t"] >= last - 2)
+    late: dict[str, float] = defaultdict(float)  # how late each job's last fire was submitted
+    for e in sorted(events, key=lambda e: max(e["run_times"])):
+        late[e["job"]] = e["t"] - max(e["run_times"])
     for job_id, run_times in by_job.items():
         run_times.sort()
         gaps = [b - a for a, b in zip(run_times, run_times[1:]) if abs(b - a - 1) > 1e-6]
         assert not gaps, f"{job_id}: missed fires (gaps of {gaps} s)"
-        assert run_times[-1] >= until - 3 - max(0.0, lag - 1), (
-            f"{job_id}: stopped firing at {run_times[-1]} (the dispatch was {lag:.1f} s behind)"
+        # A job whose fires were caught up late (its write-back waited a round
+        # on a loaded machine) is judged by how late its own last fire was.
+        behind = max(lag, late[job_id])
+        assert run_times[-1] >= until - 3 - max(0.0, behind - 1), (
+            f"{job_id}: stopped firing at {run_times[-1]} (the dispatch was {behind:.1f} s behind)"
         )
         if job_id.startswith("interval"):
             # Its first fire is its start or, where every process stored the job

@@ -26,7 +26,7 @@ from django.db import connection
 from django_apscheduler.models import DjangoJobExecution, DjangoSchedulerInstance
 from tests.helpers import wait_until
 from tests.scheduler_process import read_lines
-from tests.test_multiprocess import SchedulerProcesses, _interval
+from tests.test_multiprocess import SchedulerProcesses, _interval, _stopped
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -72,6 +72,10 @@ def stop_between_transactions(pid: int, vendor: str) -> None:
     """
     while True:
         os.kill(pid, signal.SIGSTOP)
+        # The signal is delivered, not yet acted on, when kill() returns: probed
+        # before the process stops, the lock may be free, and the process then
+        # stops inside its next commit (seen in CI).
+        wait_until(lambda: _stopped(pid), timeout=30, interval=0.01)
         if vendor != "sqlite" or _sqlite_unlocked():
             return
         os.kill(pid, signal.SIGCONT)
