@@ -18,10 +18,10 @@ which resolves to the task at each fire. The ``client`` API and
 1. inserts the (job, run time) execution row, status "Queued", and commits it.
    The row is unique (``unique_job_executions``): of several schedulers or
    retries, only the one whose insert succeeds goes on;
-2. enqueues the task once (Celery: with a ``task_id`` derived from the job and
-   the run time; Django Tasks' database backend on the same database: in one
-   transaction with step 3);
-3. notes the enqueue on the row (``handed_off_at``, the task id).
+2. locks the row, notes the enqueue on it (``handed_off_at``, the task id)
+   and enqueues the task once, in one transaction that commits the note
+   (Celery: with a ``task_id`` derived from the job and the run time; Django
+   Tasks' database backend on the same database: the task commits with it).
 
 The executor's run of a task job only queues these steps for the process's
 hand-off threads, so ``max_instances`` never refuses a fire. A scheduler that
@@ -524,9 +524,10 @@ def publish(
     ``owner`` is the scheduler instance the row names: the row is enqueued
     only while it still does (a sweep takes a dead scheduler's rows over by
     naming itself). The row stays locked from that check until the note,
-    written before the enqueue, commits, whatever the engine: a sweep that takes a scheduler for dead
-    while it enqueues waits for the lock, then finds the row noted, so the
-    task is never enqueued twice. The enqueue itself is never repeated (a
+    written before the enqueue, commits, whatever the engine: a sweep that
+    takes a scheduler for dead while it enqueues leaves the locked row (on
+    SQLite it waits for the write lock), then finds it noted, so the task is
+    never enqueued twice. The enqueue itself is never repeated (a
     failure that hid a success would enqueue twice); a failed one marks the
     row "Error!" with the reason.
     """
@@ -595,7 +596,9 @@ def publish(
             new_id = engine.enqueue(task, args, kwargs, options, task_id)
             if not transactional:
                 enqueued = new_id
-            if new_id != task_id:  # the engine named the task itself
+            if new_id != task_id:  # the engine named the task itself (Django Tasks)
+                # The one write after the enqueue: it changes only the task-id
+                # index, through which nothing takes a lock.
                 executions_.filter(pk=execution_id).rename_task(new_id)
         return new_id
 
@@ -685,6 +688,7 @@ def _take_over(row: Any, instance: str | None, using: str) -> bool:
     is its own scheduler enqueueing it (taken for dead, it is not). That row is
     skipped, not waited for: the sweep runs in the housekeeping thread, whose
     heartbeat must not wait on a broker. A later sweep looks at it again.
+    (Where the database cannot skip locked rows, and on SQLite, it waits.)
     """
     from django_apscheduler.models import DjangoJobExecution
 
@@ -694,7 +698,7 @@ def _take_over(row: Any, instance: str | None, using: str) -> bool:
         orphan = executions_.unpublished().filter(pk=row.pk, instance=row.instance)
         if not list(backend.lock_unclaimed(orphan, using).values_list("pk", flat=True)):
             return False
-        executions_.filter(pk=row.pk).update(instance=instance)
+        executions_.filter(pk=row.pk).take_over(instance)
     return True
 
 

@@ -628,6 +628,10 @@ class DjangoJobExecutionQuerySet(models.QuerySet):
             task_id=task_id, task_backend=backend, handed_off_at=timezone.now(), task_call=None
         )
 
+    def take_over(self, instance: str | None) -> int:
+        """Name ``instance`` as the scheduler of the selected hand-offs, to enqueue them."""
+        return self.update(instance=instance)
+
     def rename_task(self, task_id: str) -> int:
         """Note the id the task engine gave the selected hand-offs' task, once enqueued."""
         return self.update(task_id=task_id)
