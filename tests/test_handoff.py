@@ -487,32 +487,40 @@ class _SweptDuringEnqueue:
         return new_id
 
 
+def _queued_celery_handoff(job_id: str, instance: str, args: list[str]) -> tuple[Any, ...]:
+    """A Celery hand-off recorded "Queued" by ``instance`` and not yet enqueued, due a second ago.
+
+    Returns (row, queue, task, engine, task_id); the queue is new, for the test to empty.
+    """
+    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
+    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
+    client.add_job(ref, "interval", hours=1, id=job_id, args=args)
+    stored = util.get_django_internal_datetime(dj_timezone.now() - timedelta(seconds=1))
+    task_id = tasks_celery.derived_task_id(job_id, stored)
+    row = DjangoJobExecution.objects.create(
+        job_id=job_id,
+        run_time=stored,
+        status=DjangoJobExecution.QUEUED,
+        instance=instance,
+        task_backend="celery",
+        task_id=task_id,
+        task_call=signing.seal(f"handoff-call:{job_id}", pickle.dumps((ref, tuple(args), {}))),
+    )
+    task, engine = ref_to_obj(ref).resolve()
+    return row, queue, task, engine, task_id
+
+
 def test_a_sweep_while_a_live_scheduler_enqueues_does_not_enqueue_the_task_again(tmp_path):
     """The celery storm test's doubles on a loaded machine, made to happen every time.
 
     The row stays locked from its owner's check until its note commits, so
-    the sweep waits, then finds it enqueued; before, it took the row over
+    the sweep leaves it (on SQLite, waits for it), then finds it enqueued; before, it took the row over
     and enqueued the task a second time (the worker then ran it twice).
     """
-    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
-    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
-    client.add_job(ref, "interval", hours=1, id="raced", args=[str(tmp_path / "runs")])
-    run_time = dj_timezone.now() - timedelta(seconds=1)
-    stored = util.get_django_internal_datetime(run_time)
-    task_id = tasks_celery.derived_task_id("raced", stored)
-    row = DjangoJobExecution.objects.create(
-        job_id="raced",
-        run_time=stored,
-        status=DjangoJobExecution.QUEUED,
-        instance="slow:1:x",  # no heartbeat on record: the sweep takes it for dead
-        task_backend="celery",
-        task_id=task_id,
-        task_call=signing.seal(
-            "handoff-call:raced",
-            pickle.dumps((ref, (str(tmp_path / "runs"),), {})),
-        ),
+    # "slow:1:x" has no heartbeat on record: the sweep takes it for dead.
+    row, queue, task, engine, task_id = _queued_celery_handoff(
+        "raced", "slow:1:x", [str(tmp_path / "runs")]
     )
-    task, engine = ref_to_obj(ref).resolve()
     racing = _SweptDuringEnqueue(engine, tmp_path / "sweeping")
     try:
         done = handoff.publish(
@@ -544,23 +552,10 @@ def test_a_sweep_does_not_wait_for_a_row_its_live_publisher_holds(tmp_path, vend
     for dead in turn. SQLite has one write lock for the whole database, so the
     sweep's take-over waits for it there.
     """
-    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
-    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
-    client.add_job(ref, "interval", hours=1, id="held", args=[str(tmp_path / "runs")])
-    stored = util.get_django_internal_datetime(dj_timezone.now() - timedelta(seconds=1))
-    task_id = tasks_celery.derived_task_id("held", stored)
-    row = DjangoJobExecution.objects.create(
-        job_id="held",
-        run_time=stored,
-        status=DjangoJobExecution.QUEUED,
-        instance="slow:1:x",  # no heartbeat on record: the sweep takes it for dead
-        task_backend="celery",
-        task_id=task_id,
-        task_call=signing.seal(
-            "handoff-call:held", pickle.dumps((ref, (str(tmp_path / "runs"),), {}))
-        ),
+    # "slow:1:x" has no heartbeat on record: the sweep takes it for dead.
+    row, queue, task, engine, task_id = _queued_celery_handoff(
+        "held", "slow:1:x", [str(tmp_path / "runs")]
     )
-    task, engine = ref_to_obj(ref).resolve()
     # Up to 60 s for the sweep to end while this enqueue goes on (5 s on SQLite).
     racing = _SweptDuringEnqueue(
         engine, tmp_path / "sweeping", patience=5 if vendor == "sqlite" else 60
@@ -671,22 +666,7 @@ def test_a_session_locking_the_row_through_its_index_during_the_enqueue_deadlock
     the sweep took the row over, and the task was enqueued a second time. The
     note is now written before the enqueue, so the other session simply waits.
     """
-    queue = f"apscheduler-test-{uuid.uuid4().hex[:10]}"
-    ref = handoff.task_ref(handoff_tasks.celery_note, queue=queue)
-    client.add_job(ref, "interval", hours=1, id="locked", args=["unused"])
-    run_time = dj_timezone.now()
-    stored = util.get_django_internal_datetime(run_time)
-    task_id = tasks_celery.derived_task_id("locked", stored)
-    row = DjangoJobExecution.objects.create(
-        job_id="locked",
-        run_time=stored,
-        status=DjangoJobExecution.QUEUED,
-        instance="owner:1:x",
-        task_backend="celery",
-        task_id=task_id,
-        task_call=signing.seal("handoff-call:locked", pickle.dumps((ref, ("unused",), {}))),
-    )
-    task, engine = ref_to_obj(ref).resolve()
+    row, queue, task, engine, task_id = _queued_celery_handoff("locked", "owner:1:x", ["unused"])
     locking = _LockedThroughTheIndexDuringEnqueue(engine)
     try:
         done = handoff.publish(
