@@ -189,8 +189,12 @@ def test_stopped_process_reaped_while_its_job_runs_keeps_the_job(processes, tmp_
     """(c) A process stops (SIGSTOP) past the lease: it is taken for dead while its run goes on."""
     start = math.ceil(time.time()) + 5
     until = start + 120  # a bound: the test stops the processes once the victim's run ended
-    path = tmp_path / "hold.jsonl"
-    job = _interval("hold", start, 1, func="log_run", args=[str(path), 15])
+    path, enough = tmp_path / "hold.jsonl", tmp_path / "enough"
+    # The run lasts until the test has seen the other process try the job (a
+    # fixed 15 s run could end on a loaded machine before the victim was even
+    # stopped), or until a generous bound.
+    args = [str(path), start + 100, str(enough)]
+    job = _interval("hold", start, 1, func="run_until", args=args)
     pids = [processes.start({"jobs": [job], "until": until}, FAST) for _ in range(2)]
     victim = wait_until(lambda: read_lines(str(path)), timeout=30)[0]["pid"]
     assert victim in pids
@@ -208,7 +212,8 @@ def test_stopped_process_reaped_while_its_job_runs_keeps_the_job(processes, tmp_
         wait_until(lambda: refused(processes) or started_by_other(path, victim), timeout=30)
     finally:
         os.kill(victim, signal.SIGCONT)
-    # The victim's run goes on to its end (15 s from its start) and is recorded.
+    enough.touch()
+    # The victim's run goes on to its end and is recorded.
     wait_until(
         lambda: any(r["pid"] == victim and r["end"] < math.inf for r in runs(path)), timeout=60
     )
