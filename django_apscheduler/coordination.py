@@ -58,6 +58,10 @@ SLOW_HOUSEKEEPING_BEATS = 15
 #: Seconds a housekeeping statement (heartbeat, poll, release) may keep retrying.
 HOUSEKEEPING_RETRY_TIMEOUT = 5.0
 
+#: Seconds before a write-back deferred by another session's row lock is first
+#: retried; the wait doubles while the row stays locked, up to a heartbeat.
+WRITE_BACK_RETRY_INTERVAL = 0.25
+
 
 def lease_time() -> timedelta:
     return timedelta(seconds=conf.lease_time())
@@ -328,6 +332,10 @@ class Coordinator:
         self.held: dict[str, str | None] = {}
         # Jobs whose write-back waits for another session's row lock: claims kept.
         self.deferred: set[str] = set()
+        # How long housekeeping waits before it wakes the scheduler to retry them
+        # (None: nothing deferred yet), and when it does (time.monotonic()).
+        self._retry_wait: float | None = None
+        self._retry_at = 0.0
         # Jobs running here whose claim another instance holds (logged once each).
         self._lost_logged: dict[str, str | None] = {}
         self._thread: threading.Thread | None = None
@@ -364,6 +372,7 @@ class Coordinator:
             self.claims.clear()
             self.held.clear()
             self.deferred.clear()
+            self._retry_wait = None
         self._stopping.clear()
         self._register()
         self._thread = threading.Thread(
@@ -419,6 +428,8 @@ class Coordinator:
         with self.lock:
             self.claims.pop(job_id, None)
             self.deferred.discard(job_id)
+            if not self.deferred:
+                self._retry_wait = None
             if executor is not None:
                 self.held[job_id] = executor
             else:
@@ -433,6 +444,12 @@ class Coordinator:
             self.claims.pop(job_id, None)
             self.held.pop(job_id, None)
             self.deferred.add(job_id)
+            first = self._retry_wait is None
+            if first:
+                self._retry_wait = WRITE_BACK_RETRY_INTERVAL
+                self._retry_at = time.monotonic() + WRITE_BACK_RETRY_INTERVAL
+        if first:
+            self.wake()  # housekeeping shortens its wait to the retry
 
     def deferred_ids(self) -> list[str]:
         with self.lock:
@@ -483,6 +500,7 @@ class Coordinator:
             self.claims.clear()
             self.held.clear()
             self.deferred.clear()
+            self._retry_wait = None
         self.dispatcher = None
         self._abandoned = False
         self._pid = 0  # a later start registers a new instance
@@ -523,7 +541,9 @@ class Coordinator:
                 # While notifications arrive, the poll is only a safety net (a
                 # lost listener brings the short interval back at once).
                 next_poll = last_poll + (listen_poll if self._listener is not None else poll)
-                soonest = min(next_poll, next_beat, next_reap, next_slow)
+                soonest = min(
+                    next_poll, next_beat, next_reap, next_slow, self._write_back_retry_at()
+                )
                 timeout = max(0.0, soonest - time.monotonic())
                 notified = self._wait(timeout)
                 if self._stopping.is_set():
@@ -534,6 +554,7 @@ class Coordinator:
                 elif notified:
                     self._store.wake()
                 now = time.monotonic()
+                self._retry_write_backs(now, beat)
                 if now >= next_beat:
                     next_beat = now + beat
                     self._safely(self._heartbeat, "heartbeat")
@@ -557,6 +578,28 @@ class Coordinator:
         finally:
             self._close_listener()
             connections.close_all()
+
+    def _write_back_retry_at(self) -> float:
+        """When the deferred write-backs are next retried (infinity: none is deferred)."""
+        with self.lock:
+            return self._retry_at if self._retry_wait is not None else float("inf")
+
+    def _retry_write_backs(self, now: float, beat: float) -> None:
+        """Wake the scheduler to retry the deferred write-backs, once their wait is over.
+
+        Their jobs are not due here meanwhile, so without this their next fire
+        waited for the next heartbeat. The wait doubles each time the rows are
+        still locked (a view inside a long ``atomic()``), up to a heartbeat.
+        """
+        with self.lock:
+            if self._retry_wait is None or now < self._retry_at:
+                return
+            if not self.deferred:
+                self._retry_wait = None
+                return
+            self._retry_wait = min(self._retry_wait * 2, beat)
+            self._retry_at = now + self._retry_wait
+        self._store.wake()
 
     def _dispatch_died(self) -> bool:
         """True if the scheduler's dispatch thread ended while the scheduler still runs.

@@ -726,6 +726,60 @@ def test_a_write_back_deferred_at_the_start_of_a_round_is_not_claimed_in_that_ro
     assert a._coordinator.deferred_ids() == []
 
 
+def test_a_deferred_write_back_is_retried_soon_not_at_the_next_heartbeat(
+    make_scheduler, monkeypatch, settings, vendor
+):
+    """Another session locks a dispatched job's row for a moment: the write-back lands soon after.
+
+    The write-back found the row locked and was deferred, so the job is not
+    due here meanwhile. Nothing else wakes the scheduler in this test (the
+    heartbeat and the poll are a minute apart): it retries on its own,
+    backing off while the row stays locked. Left to the heartbeat, the job's
+    next fire was late by up to a heartbeat (4 s at the defaults). On SQLite
+    the write waits for the lock instead of being deferred.
+    """
+    from django_apscheduler.dispatch import DispatchRound
+
+    settings.APSCHEDULER_HEARTBEAT_INTERVAL = 60
+    settings.APSCHEDULER_LEASE_TIME = 180
+    settings.APSCHEDULER_POLL_INTERVAL = 60
+    settings.APSCHEDULER_LISTEN_POLL_INTERVAL = 60
+    holder = RowLockHolder("held")
+    flush = DispatchRound.flush
+    deferred = []
+
+    def flush_with_the_row_locked(round_: DispatchRound) -> None:
+        if not holder.locked.is_set() and any(wb.job_id == "held" for wb in round_.pending):
+            holder.__enter__()  # a view changes the job and has not committed yet
+        flush(round_)
+        if any(wb.job_id == "held" for wb in round_.pending):
+            deferred.append(time.monotonic())
+
+    monkeypatch.setattr(DispatchRound, "flush", flush_with_the_row_locked)
+    scheduler = make_scheduler()
+    try:
+        scheduler.add_job(
+            jobs.noop, "interval", hours=1, next_run_time=timezone.now(), id="held",
+            misfire_grace_time=None,
+        )  # fmt: skip
+        wait_until(holder.locked.is_set, timeout=30)
+        time.sleep(0.5)  # the row stays locked for a moment
+    finally:
+        holder.__exit__(None, None, None)
+    assert not holder.timed_out
+    if vendor != "sqlite":
+        assert deferred, "the write-back never found the row locked"
+    # Well before the next heartbeat (a minute away): the write-back landed.
+    wait_until(
+        lambda: DjangoJob.objects.filter(
+            id="held",
+            acquired_by__isnull=True,
+            next_run_time__gt=timezone.now() + timedelta(minutes=30),
+        ).exists(),
+        timeout=20,
+    )
+
+
 def test_a_write_back_that_failed_is_retried_not_dispatched_again(a, monkeypatch, caplog):
     """A write-back that fails (the database went away for longer than the retries) is kept.
 
