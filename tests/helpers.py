@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import time
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
@@ -39,6 +42,27 @@ def wait_until(predicate: Callable[[], T], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+def exit_code(proc: subprocess.Popen, timeout: float, log: Path) -> int:
+    """The exit code of ``proc``; if it has not exited within ``timeout`` s, fail with its threads.
+
+    The process is started with ``PYTHONFAULTHANDLER=1``, so SIGABRT makes it
+    write every thread's stack to its output (``log``) before it dies: a
+    process that hangs on its way out says where.
+    """
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise AssertionError(
+            f"the process did not exit within {timeout} s; its output and threads:\n"
+            + log.read_text(errors="replace")
+        ) from None
 
 
 def runapscheduler_env(overrides: dict[str, Any], **extra: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from django.utils import timezone
 from django_apscheduler import client
 from django_apscheduler.models import DjangoJob, DjangoJobExecution, DjangoSchedulerInstance
 from django_apscheduler.runner import autostart_wanted
-from tests.helpers import wait_until
+from tests.helpers import exit_code, wait_until
 from tests.scheduler_process import read_lines
 
 # The subprocess tests are marked slow one by one; the unit cases run in the quick suite
@@ -47,6 +47,7 @@ def _env(variant: str = "", extra_settings: dict | None = None, **extra: str) ->
         ),
         DECLARING_VARIANT=variant,
         PYTHONUNBUFFERED="1",
+        PYTHONFAULTHANDLER="1",  # see helpers.exit_code
         **extra,
     )
     return env
@@ -113,7 +114,7 @@ def test_sigterm_waits_for_running_jobs_then_exits_0(tmp_path):
     try:
         wait_until(lambda: read_lines(str(runs)), timeout=60)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0, (tmp_path / "out.log").read_text()
+        assert exit_code(proc, 60, tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()
     finally:
         proc.kill()
     output = (tmp_path / "out.log").read_text()
@@ -141,7 +142,7 @@ def test_sigterm_marks_jobs_still_running_after_the_timeout_interrupted(tmp_path
     try:
         wait_until(lambda: read_lines(str(runs)), timeout=60)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, (tmp_path / "out.log").read_text()
+        assert exit_code(proc, 30, tmp_path / "out.log") == 0, (tmp_path / "out.log").read_text()
     finally:
         proc.kill()
     output = (tmp_path / "out.log").read_text()
@@ -162,7 +163,7 @@ def test_sigterm_marks_jobs_still_running_after_the_timeout_interrupted(tmp_path
         wait_until(lambda: "Stopping: no new fires" in (tmp_path / "out2.log").read_text())
         assert proc.poll() is None  # waiting for the job
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 1
+        assert exit_code(proc, 10, tmp_path / "out2.log") == 1
     finally:
         proc.kill()
     assert "Second signal: exiting at once." in (tmp_path / "out2.log").read_text()
