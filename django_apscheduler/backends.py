@@ -610,6 +610,15 @@ class Backend:
             return queryset
         return queryset.select_for_update(skip_locked=skip_locked)
 
+    def locked_keys(self, queryset: QuerySet[M], using: str, *, skip_locked: bool) -> list[Any]:
+        """Lock the rows ``queryset`` selects; return their primary keys.
+
+        With ``skip_locked``, rows another transaction holds are left out
+        (see :meth:`lock_unclaimed`): housekeeping never waits for them.
+        """
+        lock = self.lock_unclaimed if skip_locked else self.lock_for_write
+        return list(lock(queryset, using).values_list("pk", flat=True))
+
     def lock_for_write_back(self, queryset: QuerySet[M], using: str) -> QuerySet[M]:
         """Lock dispatched rows to write them back, skipping rows other sessions hold.
 

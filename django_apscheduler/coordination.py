@@ -189,8 +189,7 @@ def lock_free_ids(rows: Any, using: str) -> list[str]:
     for a row another session keeps locked (a view that changed a job inside
     a long ``atomic()`` block): the skipped rows are dealt with next time.
     """
-    backend = backends.for_alias(using)
-    return list(backend.lock_unclaimed(rows.order_by("id"), using).values_list("id", flat=True))
+    return backends.for_alias(using).locked_keys(rows.order_by("id"), using, skip_locked=True)
 
 
 def release(

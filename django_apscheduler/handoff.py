@@ -579,7 +579,7 @@ def publish(
     def enqueue_and_note() -> str | None:
         nonlocal enqueued
         with backend.write_transaction(using):
-            if not list(backend.lock_for_write(rows, using).values_list("pk", flat=True)):
+            if not backend.locked_keys(rows, using, skip_locked=False):
                 noted = executions_.filter(pk=execution_id, instance=owner)
                 # A retry whose first attempt committed: enqueued already, as noted.
                 return noted.exclude(handed_off_at=None).values_list("task_id", flat=True).first()
@@ -696,7 +696,7 @@ def _take_over(row: Any, instance: str | None, using: str) -> bool:
     executions_ = DjangoJobExecution.objects.using(using)
     with backend.write_transaction(using):
         orphan = executions_.unpublished().filter(pk=row.pk, instance=row.instance)
-        if not list(backend.lock_unclaimed(orphan, using).values_list("pk", flat=True)):
+        if not backend.locked_keys(orphan, using, skip_locked=True):
             return False
         executions_.filter(pk=row.pk).take_over(instance)
     return True
@@ -716,7 +716,7 @@ def _mark_lost(overdue: Any, reason: str, using: str) -> int:
         return 0
     backend = backends.for_alias(using)
     with backend.write_transaction(using):
-        ids = list(backend.lock_unclaimed(overdue, using).values_list("pk", flat=True))
+        ids = backend.locked_keys(overdue, using, skip_locked=True)
         if not ids:
             return 0
         return DjangoJobExecution.objects.using(using).filter(pk__in=ids).mark_lost(reason)
