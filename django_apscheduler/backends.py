@@ -614,7 +614,7 @@ class Backend:
         """Lock the rows ``queryset`` selects; return their primary keys.
 
         With ``skip_locked``, rows another transaction holds are left out
-        (see :meth:`lock_unclaimed`): housekeeping never waits for them.
+        (see :meth:`lock_unclaimed`): the caller never waits for them.
         """
         lock = self.lock_unclaimed if skip_locked else self.lock_for_write
         return list(lock(queryset, using).values_list("pk", flat=True))

@@ -341,6 +341,7 @@ class Coordinator:
         self._stopping = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)  # a wake never blocks its caller
         self._listener: backends.Listener | None = None
         self._listen_retry_at = 0.0
         #: What the last heartbeat said about other instances: one is dead, none is, or unknown.
@@ -442,12 +443,15 @@ class Coordinator:
         with self.lock:
             self.claims.pop(job_id, None)
             self.held.pop(job_id, None)
+            new = job_id not in self.deferred
             self.deferred.add(job_id)
-            first = self._retry_wait is None
-            if first:
-                self._retry_wait = WRITE_BACK_RETRY_INTERVAL
-                self._retry_at = time.monotonic() + WRITE_BACK_RETRY_INTERVAL
-        if first:
+            # A job newly deferred is retried soon, even while another one's
+            # wait has grown (a view keeping its row locked for long).
+            soon = time.monotonic() + WRITE_BACK_RETRY_INTERVAL
+            sooner = new and (self._retry_wait is None or self._retry_at > soon)
+            if sooner:
+                self._retry_wait, self._retry_at = WRITE_BACK_RETRY_INTERVAL, soon
+        if sooner:
             self.wake()  # housekeeping shortens its wait to the retry
 
     def deferred_ids(self) -> list[str]:
@@ -587,8 +591,9 @@ class Coordinator:
         """Wake the scheduler to retry the deferred write-backs, once their wait is over.
 
         Their jobs are not due here meanwhile, so without this their next fire
-        waited for the next heartbeat. The wait doubles each time the rows are
-        still locked (a view inside a long ``atomic()``), up to a heartbeat.
+        waited for the next poll or heartbeat. The wait doubles at each retry
+        while any stays deferred (a view inside a long ``atomic()``), up to a
+        heartbeat.
         """
         with self.lock:
             if self._retry_wait is None or now < self._retry_at:

@@ -641,7 +641,8 @@ class DjangoJobStore(DjangoResultStoreMixin, BaseJobStore):
             self._coordinator.end_round()
         coordinator = self._coordinator
         # Jobs whose write-back waits for another session's row lock are not due
-        # again: the heartbeat wakes the scheduler to retry them.
+        # again: housekeeping wakes the scheduler to retry them (see
+        # Coordinator._retry_write_backs).
         broken = self.known_broken() + coordinator.deferred_ids()
         instance = coordinator.instance_id or ""
         using = self.db
